@@ -1,0 +1,224 @@
+"""The gamelist-service command: serve, validate, schema, publish, check. It parses, sets up logs, calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, instances
+from .config import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, schema_text, summary
+from .exceptions import GamelistError
+from .logs import setup_logging
+from .settings import Settings
+from .store import Store, redact_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='gamelist-service',
+        description='A live game list in Redis, pushed to every Socket.IO client when it changes.',
+    )
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logs')
+    parser.add_argument('--log-format', choices=('text', 'json'), default='text', help='log lines as text or JSON')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            '--config',
+            type=Path,
+            default=DEFAULT_CONFIG_PATH,
+            help=f'configuration file (default: {DEFAULT_CONFIG_PATH})',
+        )
+
+    def redis_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            '--redis-url', help='Redis to use (default: the config, or the embedded Redis of a running serve)'
+        )
+        p.add_argument('--port', type=int, help='which running serve to find, when several share a config')
+
+    p = command('serve', cmd_serve, 'run the service: scheduler, Socket.IO and HTTP')
+    config_arg(p)
+    p.add_argument('--host', help='address to listen on (default: the config)')
+    p.add_argument('--port', type=int, help=f'port to listen on (default: ${ENV_PORT}, else the config)')
+    p.add_argument('--redis-url', help=f'Redis URL or "embedded" (default: ${ENV_REDIS_URL}, else the config)')
+
+    p = command('validate', cmd_validate, 'check configuration files; exit 1 listing every problem')
+    p.add_argument('paths', nargs='+', type=Path, metavar='PATH')
+
+    command('schema', cmd_schema, 'print the JSON Schema of the configuration file')
+
+    p = command('publish', cmd_publish, 'refresh a list now and have the running service broadcast it')
+    config_arg(p)
+    redis_args(p)
+    p.add_argument('--list', dest='list_name', help='list to refresh (default: the first in the config)')
+
+    p = command('check', cmd_check, 'check Redis: ping, set/get, TTL round trip, server version, latency')
+    config_arg(p)
+    redis_args(p)
+    return parser
+
+
+def main(*args: str) -> int:
+    """Entry point of the gamelist-service script; tests call it with arguments."""
+    ns = build_parser().parse_args(args or sys.argv[1:])
+    setup_logging(ns.verbose, ns.log_format)
+    try:
+        code: int = ns.func(ns)
+    except GamelistError as exc:
+        print(f'error: {exc.message}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def cmd_validate(ns: argparse.Namespace) -> int:
+    failed = False
+    for path in ns.paths:
+        try:
+            settings = load_settings(path)
+        except GamelistError as exc:
+            failed = True
+            lines = getattr(exc, 'lines', None) or [f'{path}:1:1: (root): {exc.message}']
+            for line in lines:
+                print(line, file=sys.stderr)
+        else:
+            print(summary(settings))
+    return 1 if failed else 0
+
+
+def cmd_schema(ns: argparse.Namespace) -> int:
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from .server import serve  # noqa: PLC0415 - Sanic is only imported by the command that needs it
+
+    env = dict(os.environ)
+    if ns.port is not None:
+        env[ENV_PORT] = str(ns.port)
+    if ns.redis_url:
+        env[ENV_REDIS_URL] = ns.redis_url
+    settings = load_settings(ns.config, env)
+    if ns.host:
+        settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, host=ns.host))
+    return serve(settings)
+
+
+def resolve_redis_url(settings: Settings, redis_url: str | None, port: int | None) -> str:
+    """--redis-url, else $GAMELIST_REDIS_URL or the config, else the embedded Redis of the running serve."""
+    url = redis_url or settings.redis.url
+    if url != 'embedded':
+        return url
+    found = instances.running(settings.redis.state_dir, settings.source, port)
+    if len(found) == 1:
+        return found[0].redis_url
+    where = f'{settings.redis.state_dir.resolve()}'
+    if not found:
+        raise GamelistError(
+            f'{settings.source} uses the embedded Redis, but no running serve for it was found in '
+            f'{where}: start `gamelist-service serve --config {settings.source}` or pass --redis-url'
+        )
+    ports = ', '.join(str(i.port) for i in found)
+    raise GamelistError(f'several serve processes use {settings.source} (ports {ports}): pass --port to choose one')
+
+
+def cmd_publish(ns: argparse.Namespace) -> int:
+    settings = load_settings(ns.config)
+    url = resolve_redis_url(settings, ns.redis_url, ns.port)
+    list_name = ns.list_name or settings.lists[0].name
+    try:
+        settings.get_list(list_name)
+    except KeyError:
+        names = ', '.join(lst.name for lst in settings.lists)
+        raise GamelistError(f'no list named {list_name!r} in {settings.source}; lists: {names}') from None
+    return asyncio.run(_publish(settings, url, list_name))
+
+
+async def _publish(settings: Settings, url: str, list_name: str) -> int:
+    from .service import GamelistService  # noqa: PLC0415
+
+    async def no_emit(event: str, data: dict[str, Any], namespace: str) -> int:
+        return 0
+
+    store = Store(url)
+    try:
+        service = GamelistService(settings, store, no_emit)
+        lst = settings.get_list(list_name)
+        data = await service.refresh(list_name)
+        receivers = await store.redis.pubsub_numsub('gamelist:updates')
+    finally:
+        await store.close()
+    listeners = int(receivers[0][1]) if receivers else 0
+    print(
+        f'published list {list_name} to {lst.key} on {redact_url(url)}: version {data["version"]}, '
+        f'{data["total_games"]} games, {data["active_games"]} active, {data["total_players"]} players, '
+        f'ttl {lst.ttl_s:g}s; event {lst.event} to {", ".join(lst.namespaces)}; '
+        f'{listeners} service process(es) subscribed'
+    )
+    if listeners == 0:
+        print('warning: no running service is subscribed; the list is stored but no client was told', file=sys.stderr)
+    return 0
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    settings = load_settings(ns.config)
+    url = resolve_redis_url(settings, ns.redis_url, ns.port)
+    return asyncio.run(_check(url))
+
+
+async def _check(url: str, pings: int = 20) -> int:
+    store = Store(url, timeout_s=3.0)
+    key = f'gamelist:check:{uuid.uuid4().hex}'
+    ok = True
+
+    def report(name: str, passed: bool, detail: str) -> None:
+        nonlocal ok
+        ok = ok and passed
+        print(f'{"ok  " if passed else "FAIL"} {name}: {detail}')
+
+    print(f'Redis at {redact_url(url)}')
+    try:
+        await store.ping()
+        report('ping', True, 'PONG')
+        value = uuid.uuid4().hex
+        started = time.perf_counter()
+        await store.redis.set(key, value, ex=10)
+        got = await store.redis.get(key)
+        report(
+            'set/get',
+            got in (value, value.encode()),
+            f'{key} round trip in {(time.perf_counter() - started) * 1000:.2f} ms',
+        )
+        ttl = await store.ttl(key)
+        report('ttl', 0 < ttl <= 10, f'{ttl:.1f}s left of 10s')
+        await store.redis.delete(key)
+        info = await store.server_info()
+        report('version', True, f'redis {info.get("redis_version", "?")} ({info.get("redis_mode", "?")} mode)')
+        samples = []
+        for _ in range(pings):
+            samples.append(await store.ping() * 1000)
+        report(
+            'latency', True, f'median {statistics.median(samples):.3f} ms, max {max(samples):.3f} ms over {pings} pings'
+        )
+    except GamelistError as exc:
+        report('redis', False, exc.message)
+    finally:
+        await store.close()
+    return 0 if ok else 1

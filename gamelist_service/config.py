@@ -1,0 +1,393 @@
+"""Configuration: YAML -> JSON Schema -> cross-field checks -> Settings. Nothing else reads the YAML."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from croniter import croniter
+
+from ._yaml import Document, JsonPath, Problem, format_path, load_document
+from .durations import parse_duration
+from .exceptions import ConfigError
+from .settings import (
+    GameTemplate,
+    ListSettings,
+    NamespaceSettings,
+    PlayerCounts,
+    RedisSettings,
+    ScheduleSettings,
+    ServerSettings,
+    Settings,
+)
+
+DEFAULT_CONFIG_PATH = Path('config/games.yaml')
+ENV_REDIS_URL = 'GAMELIST_REDIS_URL'
+ENV_PORT = 'GAMELIST_PORT'
+ENV_STATE_DIR = 'GAMELIST_STATE_DIR'
+SCHEMA_FILE = 'games.schema.json'
+
+
+@cache
+def schema_text(name: str = SCHEMA_FILE) -> str:
+    """A JSON Schema as shipped: the configuration file's by default."""
+    packaged = resources.files('gamelist_service').joinpath('schemas').joinpath(name)
+    if packaged.is_file():
+        return packaged.read_text(encoding='utf-8')
+    # running from a checkout: the schemas live at the top of the repository
+    return (Path(__file__).resolve().parent.parent / 'schemas' / name).read_text(encoding='utf-8')
+
+
+@cache
+def schema(name: str = SCHEMA_FILE) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(schema_text(name))
+    return loaded
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def _schema_problems(doc: Document) -> Iterator[Problem]:
+    for error in sorted(_validator().iter_errors(doc.data), key=lambda e: [str(p) for p in e.absolute_path]):
+        yield from _explain(doc, error)
+
+
+def _explain(doc: Document, error: jsonschema.ValidationError) -> Iterator[Problem]:
+    path: JsonPath = tuple(error.absolute_path)
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == 'additionalProperties' and isinstance(error.instance, dict):
+        known = set(sub.get('properties', {}))
+        for key in error.instance:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                extra = f" (did you mean '{hint[0]}'?)" if hint else ''
+                allowed = ', '.join(sorted(known))
+                line, col = doc.position((*path, key), key=True)
+                yield Problem(line, col, (*path, key), f'unknown key {key!r}{extra}; allowed: {allowed}')
+        return
+    line, col = doc.position(path)
+    if error.validator == 'oneOf' and set(sub.get('properties', {})) >= {'every', 'cron'}:
+        yield Problem(line, col, path, "needs exactly one of 'every' (an interval) or 'cron' (an expression)")
+        return
+    if error.validator in ('oneOf', 'anyOf') and error.context:
+        # the branch the value has the shape of says more than "'all' was expected" for [] or a repeated id
+        fitting = [e for e in error.context if e.relative_path or e.validator not in ('const', 'enum', 'type')]
+        best = jsonschema.exceptions.best_match(fitting or error.context)
+        assert best is not None
+        best_path: JsonPath = tuple(best.absolute_path)
+        line, col = doc.position(best_path)
+        yield Problem(line, col, best_path, _short(best.message))
+        return
+    if 'duration' in str(sub.get('description', '')) and error.validator != 'type':
+        yield Problem(line, col, path, f'{error.instance!r} is not a valid duration: {sub["description"]}')
+        return
+    if error.validator == 'required':
+        yield Problem(line, col, path, _short(error.message))
+        return
+    if 'propertyNames' in error.schema_path:  # the error is the name's own (pattern): point at that key
+        line, col = doc.position((*path, str(error.instance)), key=True)
+    yield Problem(line, col, path, _short(error.message))
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + '...'
+
+
+def _at(doc: Document, path: JsonPath, message: str) -> Problem:
+    line, col = doc.position(path)
+    return Problem(line, col, path, message)
+
+
+def _cross_field_problems(doc: Document) -> Iterator[Problem]:
+    """What JSON Schema cannot say: ordering of bounds, references between sections, uniqueness, cron syntax."""
+    for check in (_game_problems, _list_problems, _schedule_problems):
+        yield from _tolerant(check(doc))
+
+
+def _game_problems(doc: Document) -> Iterator[Problem]:
+    data: dict[str, Any] = doc.data
+
+    game_ids: set[str] = set()
+    for i, game in enumerate(data['games']):  # one game of the wrong shape does not hide the others' problems
+        yield from _tolerant(_one_game_problems(doc, i, game, game_ids))
+
+
+def _one_game_problems(doc: Document, i: int, game: dict[str, Any], game_ids: set[str]) -> Iterator[Problem]:
+    if 'id' in game:
+        if game['id'] in game_ids:
+            yield _at(doc, ('games', i, 'id'), f'duplicate game id {game["id"]!r}')
+        game_ids.add(game['id'])
+    if game['min_players'] > game['max_players']:
+        yield _at(
+            doc,
+            ('games', i, 'min_players'),
+            f'min_players ({game["min_players"]}) is greater than max_players ({game["max_players"]})',
+        )
+    players = game['players']
+    if players['mode'] == 'fixed' and players['live'] > players['active']:
+        yield _at(
+            doc,
+            ('games', i, 'players', 'live'),
+            f'live ({players["live"]}) is greater than active ({players["active"]})',
+        )
+    if players['mode'] == 'simulated':
+        low, high = players['active']
+        if low > high:
+            yield _at(doc, ('games', i, 'players', 'active'), f'range minimum {low} is greater than its maximum {high}')
+        ratio = players.get('live_ratio', [0.3, 0.8])
+        if ratio[0] > ratio[1]:
+            yield _at(
+                doc,
+                ('games', i, 'players', 'live_ratio'),
+                f'range minimum {ratio[0]} is greater than its maximum {ratio[1]}',
+            )
+
+
+def _list_problems(doc: Document) -> Iterator[Problem]:
+    data: dict[str, Any] = doc.data
+    game_ids = {game['id'] for game in data['games'] if isinstance(game, dict) and 'id' in game}
+    namespaces: dict[str, Any] = data['namespaces']
+    keys: dict[str, str] = {}
+    for name, lst in data['lists'].items():
+        yield from _tolerant(_one_list_problems(doc, name, lst, keys, game_ids, namespaces))
+    for ns, ns_conf in namespaces.items():
+        yield from _tolerant(_namespace_problems(doc, ns, ns_conf))
+
+
+def _one_list_problems(
+    doc: Document, name: str, lst: dict[str, Any], keys: dict[str, str], game_ids: set[str], namespaces: dict[str, Any]
+) -> Iterator[Problem]:
+    if lst['key'] in keys:
+        yield _at(doc, ('lists', name, 'key'), f'Redis key {lst["key"]!r} is already used by list {keys[lst["key"]]!r}')
+    keys[lst['key']] = name
+    if isinstance(lst['games'], list):  # not "all"; a string is a schema error, not a list of one-letter ids
+        for j, game_id in enumerate(lst['games']):
+            if game_id not in game_ids:
+                yield _at(doc, ('lists', name, 'games', j), _unknown('game', game_id, game_ids))
+    if isinstance(lst['namespaces'], list):
+        for j, ns in enumerate(lst['namespaces']):
+            if ns not in namespaces:
+                yield _at(doc, ('lists', name, 'namespaces', j), _unknown('namespace', ns, set(namespaces)))
+
+
+def _namespace_problems(doc: Document, ns: str, ns_conf: dict[str, Any] | None) -> Iterator[Problem]:
+    lists: dict[str, Any] = doc.data['lists']
+    chosen = (ns_conf or {}).get('list')
+    if chosen is not None and chosen not in lists:
+        yield _at(doc, ('namespaces', ns, 'list'), _unknown('list', chosen, set(lists)))
+    elif chosen is None and not any(ns in lst['namespaces'] for lst in lists.values()):
+        yield _at(
+            doc, ('namespaces', ns), 'no list broadcasts to this namespace; name one with list: or add it to a list'
+        )
+
+
+def _schedule_problems(doc: Document) -> Iterator[Problem]:
+    data: dict[str, Any] = doc.data
+    names: set[str] = set()
+    for i, sched in enumerate(data['schedules']):
+        yield from _tolerant(_one_schedule_problems(doc, i, sched, names))
+
+
+def _one_schedule_problems(doc: Document, i: int, sched: dict[str, Any], names: set[str]) -> Iterator[Problem]:
+    lists: dict[str, Any] = doc.data['lists']
+    if 'name' in sched:
+        if sched['name'] in names:
+            yield _at(doc, ('schedules', i, 'name'), f'duplicate schedule name {sched["name"]!r}')
+        names.add(sched['name'])
+    if 'cron' in sched and not _cron_ok(sched['cron']):
+        yield _at(
+            doc,
+            ('schedules', i, 'cron'),
+            f'{sched["cron"]!r} is not a valid cron expression (five fields: minute hour day month weekday)',
+        )
+    if sched['list'] not in lists:
+        yield _at(doc, ('schedules', i, 'list'), _unknown('list', sched['list'], set(lists)))
+
+
+def _tolerant(problems: Iterator[Problem]) -> Iterator[Problem]:
+    """Run cross-field checks on a file that may also have schema errors: stop quietly where its shape is wrong."""
+    try:
+        yield from problems
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError):
+        return
+
+
+def _cron_ok(expression: str) -> bool:
+    return len(expression.split()) == 5 and bool(croniter.is_valid(expression))
+
+
+def _unknown(kind: str, value: str, known: set[str]) -> str:
+    hint = difflib.get_close_matches(value, sorted(known), n=1)
+    extra = f" (did you mean '{hint[0]}'?)" if hint else ''
+    return f'no {kind} named {value!r}{extra}; known: {", ".join(sorted(known)) or "none"}'
+
+
+def _env_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
+    """GAMELIST_PORT and GAMELIST_REDIS_URL replace values of the file; check them as strictly as the file."""
+    port = env.get(ENV_PORT)
+    if port and not (port.isdecimal() and 1 <= int(port) <= 65535):  # isdigit() lets '²' through to int()
+        line, col = doc.position(('server', 'port'))
+        yield Problem(
+            line, col, ('server', 'port'), f'{ENV_PORT}={port!r} from the environment is not a port (1-65535)'
+        )
+    url = env.get(ENV_REDIS_URL)
+    if url:
+        props = schema()['properties']['redis']['properties']['url']
+        if not jsonschema.Draft202012Validator(props).is_valid(url):
+            line, col = doc.position(('redis', 'url'))
+            yield Problem(
+                line,
+                col,
+                ('redis', 'url'),
+                f'{ENV_REDIS_URL}={url!r} from the environment is not embedded, redis://, rediss:// or unix://',
+            )
+
+
+def check_text(text: str, env: Mapping[str, str]) -> tuple[Document, list[Problem]]:
+    """Every problem in a configuration text, in file order; no exception for bad input."""
+    doc = load_document(text, env)
+    problems = list(doc.problems)
+    if doc.data is None and not problems:
+        problems.append(Problem(1, 1, (), 'the file is empty; it must be a mapping (see gamelist-service schema)'))
+    if doc.data is None:
+        return doc, sorted(problems, key=lambda p: (p.line, p.column))
+    flagged = {p.path for p in problems}  # an unset ${VAR} is reported once, not again by the schema
+    problems.extend(p for p in _schema_problems(doc) if p.path not in flagged)
+    problems.extend(_cross_field_problems(doc))
+    problems.extend(_env_problems(doc, env))
+    return doc, sorted(problems, key=lambda p: (p.line, p.column))
+
+
+def format_problem(path: Path | str, problem: Problem) -> str:
+    return f'{path}:{problem.line}:{problem.column}: {format_path(problem.path)}: {problem.message}'
+
+
+def load_settings(path: Path | str, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, validate and build the settings of one file; raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, [f'{path}:1:1: (root): cannot read the file: {exc.strerror or exc}']) from exc
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode('utf-8')  # valid up to the bad byte: point at it
+        line, column = before.count('\n') + 1, len(before) - before.rfind('\n')
+        raise ConfigError(path, [f'{path}:{line}:{column}: (root): cannot read the file: {exc}']) from exc
+    doc, problems = check_text(text, env)
+    if problems:
+        raise ConfigError(path, [format_problem(path, p) for p in problems])
+    settings = _build(path, doc.data, env)
+    return replace(settings, digest=hashlib.sha256(raw).hexdigest())
+
+
+def summary(settings: Settings) -> str:
+    """One line about a valid file, for validate."""
+
+    def count(n: int, word: str) -> str:
+        return f'{n} {word}{"" if n == 1 else "s"}'
+
+    return (
+        f'{settings.source}: OK ({count(len(settings.games), "game")}, {count(len(settings.lists), "list")}, '
+        f'{count(len(settings.namespaces), "namespace")}, {count(len(settings.schedules), "schedule")})'
+    )
+
+
+def _defaults(section: str) -> dict[str, Any]:
+    props = schema()['properties'][section]['properties']
+    return {key: value['default'] for key, value in props.items() if 'default' in value}
+
+
+def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings:
+    server = _defaults('server') | data.get('server', {})
+    redis = _defaults('redis') | data['redis']
+    embedded = {'state_dir': '.gamelist', 'persistence': False} | redis.get('embedded', {})
+    now = datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
+    games = tuple(_game(game, now) for game in data['games'])
+    all_ids = tuple(game.id for game in games)
+    lists = tuple(
+        ListSettings(
+            name=name,
+            key=lst['key'],
+            ttl_s=parse_duration(lst['ttl']),
+            games=all_ids if lst['games'] == 'all' else tuple(lst['games']),
+            event=lst.get('event', 'game_list:updated'),
+            namespaces=tuple(lst['namespaces']),
+        )
+        for name, lst in data['lists'].items()
+    )
+    namespaces = tuple(
+        NamespaceSettings(
+            name=name,
+            list=(conf or {}).get('list') or next(lst.name for lst in lists if name in lst.namespaces),
+            send_list_on_connect=bool((conf or {}).get('send_list_on_connect', False)),
+        )
+        for name, conf in data['namespaces'].items()
+    )
+    schedules = tuple(
+        ScheduleSettings(
+            name=sched['name'],
+            list=sched['list'],
+            interval_s=parse_duration(sched['every']) if 'every' in sched else None,
+            cron=sched.get('cron'),
+            max_runs=sched.get('max_runs'),
+            jitter_s=parse_duration(sched.get('jitter', 0)),
+            run_at_start=sched.get('run_at_start', 'cron' not in sched),
+        )
+        for sched in data['schedules']
+    )
+    return Settings(
+        source=path,
+        server=ServerSettings(
+            host=server['host'],
+            port=int(env.get(ENV_PORT) or server['port']),
+            cors_allowed_origins=tuple(server['cors_allowed_origins']),
+            transports=tuple(server['transports']),
+            ping_interval_s=parse_duration(server['ping_interval']),
+            ping_timeout_s=parse_duration(server['ping_timeout']),
+            max_http_buffer_size=server['max_http_buffer_size'],
+        ),
+        redis=RedisSettings(
+            url=env.get(ENV_REDIS_URL) or redis['url'],
+            session_ttl_s=parse_duration(redis['session_ttl']),
+            user_ttl_s=parse_duration(redis['user_ttl']),
+            state_dir=Path(env.get(ENV_STATE_DIR) or embedded['state_dir']),
+            persistence=embedded['persistence'],
+        ),
+        namespaces=namespaces,
+        games=games,
+        lists=lists,
+        schedules=schedules,
+    )
+
+
+def _game(game: dict[str, Any], now: str) -> GameTemplate:
+    players = game['players']
+    if players['mode'] == 'fixed':
+        counts = PlayerCounts('fixed', players['active'], players['active'], live_fixed=players['live'])
+    else:
+        ratio = players.get('live_ratio', [0.3, 0.8])
+        counts = PlayerCounts('simulated', players['active'][0], players['active'][1], ratio[0], ratio[1])
+    return GameTemplate(
+        id=game['id'],
+        name=game['name'],
+        type=game['type'],
+        min_players=game['min_players'],
+        max_players=game['max_players'],
+        status=game['status'],
+        players=counts,
+        created_at=game.get('created_at', now),
+    )

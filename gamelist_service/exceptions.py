@@ -1,0 +1,59 @@
+"""One exception root for the service, as socketio has SocketIOError."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class GamelistError(Exception):
+    """Root of every error gamelist-service raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(message={self.message!r})'
+
+
+class ConfigError(GamelistError):
+    """A configuration file that cannot be used; lines holds one 'PATH:LINE:COL: json.path: message' per problem."""
+
+    def __init__(self, path: Path | str, lines: Sequence[str]) -> None:
+        self.path = str(path)
+        self.lines = tuple(lines)
+        count = len(self.lines)
+        super().__init__(f'{self.path}: {count} problem{"s" if count != 1 else ""}\n' + '\n'.join(self.lines))
+
+    def __repr__(self) -> str:
+        return f'ConfigError(path={self.path!r}, lines={self.lines!r})'
+
+
+class StoreError(GamelistError):
+    """Redis did not do what was asked (unreachable, timed out, refused)."""
+
+    status_code = 503
+
+    def __init__(self, message: str, *, url: str = '') -> None:
+        super().__init__(message)
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f'StoreError(message={self.message!r}, url={self.url!r})'
+
+
+class SchedulerError(GamelistError):
+    """A schedule could not be set up or run."""
+
+
+class EmbeddedRedisError(GamelistError):
+    """The private redis-server could not be started or found."""
+
+
+class PayloadError(GamelistError):
+    """A client sent data that does not fit the contract; message says what is wrong."""
+
+    status_code = 422

@@ -1,0 +1,91 @@
+"""HTTP routes: liveness, readiness and reading the current list."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sanic import Blueprint, Request
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, json
+
+from .exceptions import GamelistError
+from .service import GamelistService
+
+logger = logging.getLogger('gamelist_service.routes')
+
+bp = Blueprint('gamelist')
+
+READY_TIMEOUT_S = 2.0
+
+
+def _service(request: Request) -> GamelistService:
+    service: GamelistService = request.app.ctx.service
+    return service
+
+
+@bp.get('/health')
+async def health(request: Request) -> HTTPResponse:
+    """Alive: the process answers."""
+    return json({'status': 'ok'})
+
+
+@bp.get('/ready')
+async def ready(request: Request) -> HTTPResponse:
+    """Ready: configuration loaded, Redis answering, subscribed to updates; 503 with the reason otherwise."""
+    service = _service(request)
+    settings = service.settings
+    body: dict[str, object] = {
+        'config': {'path': str(settings.source), 'sha256': settings.digest},
+        'schedules': {
+            name: {'runs': st.runs, 'failures': st.failures, 'last_error': st.last_error}
+            for name, st in service.scheduler.state.items()
+        },
+    }
+    reason = None
+    try:
+        latency = await asyncio.wait_for(service.store.ping(), READY_TIMEOUT_S)
+        body['redis'] = {'status': 'ok', 'latency_ms': round(latency * 1000, 3)}
+    except (GamelistError, TimeoutError) as exc:
+        reason = f'Redis is not answering: {exc}' if isinstance(exc, GamelistError) else 'Redis did not answer in time'
+        body['redis'] = {'status': 'error'}
+    if reason is None and not service.listening.is_set():
+        reason = f'not subscribed to updates: {service.redis_error or "starting"}'
+    if reason:
+        return json({'status': 'not ready', 'reason': reason, **body}, status=503)
+    return json({'status': 'ready', **body})
+
+
+@bp.get('/api/v1/gamelist')
+async def current_list(request: Request) -> HTTPResponse:
+    """The first list (gamelist:current in the shipped file) as stored in Redis; 404 when it has expired."""
+    return await _list_response(_service(request), _service(request).settings.lists[0].name)
+
+
+@bp.get('/api/v1/lists/<name:str>')
+async def named_list(request: Request, name: str) -> HTTPResponse:
+    """Any configured list by name."""
+    return await _list_response(_service(request), name)
+
+
+async def _list_response(service: GamelistService, name: str) -> HTTPResponse:
+    try:
+        lst = service.settings.get_list(name)
+    except KeyError:
+        return json({'status': 'error', 'message': f'no list named {name[:64]!r}'}, status=404)
+    data = await service.store.read_list(lst.key)
+    if data is None:
+        return json({'status': 'error', 'message': f'{lst.key} has expired or was never written'}, status=404)
+    return json(data)
+
+
+def error_response(request: Request, exc: Exception) -> HTTPResponse:
+    """Every error of every route: a JSON body with a short message, never a traceback."""
+    if isinstance(exc, GamelistError):
+        logger.error('%s %s failed: %s', request.method, request.path, exc)
+        message = exc.message if exc.status_code < 500 else 'the game list is unavailable right now'
+        return json({'status': 'error', 'message': message}, status=exc.status_code)
+    if isinstance(exc, SanicException):
+        return json({'status': 'error', 'message': str(exc) or exc.__class__.__name__}, status=exc.status_code)
+    logger.exception('%s %s failed unexpectedly', request.method, request.path)
+    return json({'status': 'error', 'message': 'internal error'}, status=500)

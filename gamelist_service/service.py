@@ -1,0 +1,155 @@
+"""The service's core: refresh a list (build, store, announce), and broadcast what is announced to local clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .exceptions import StoreError
+from .gamelist import build_list, envelope
+from .scheduler import Scheduler
+from .settings import ListSettings, ScheduleSettings, Settings
+from .store import UPDATES_CHANNEL, Store
+
+logger = logging.getLogger('gamelist_service.service')
+
+# emit(event, data, namespace) -> number of local clients it went to
+EmitFn = Callable[[str, dict[str, Any], str], Awaitable[int]]
+
+
+class GamelistService:
+    """One per process. The scheduler calls refresh(); every process broadcasts what arrives on the updates channel."""
+
+    def __init__(self, settings: Settings, store: Store, emit: EmitFn, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self._emit = emit
+        self._rng = rng or random.Random()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.scheduler = Scheduler(self._scheduled)
+        self.redis_error: str | None = None
+        self.listening = asyncio.Event()
+        self.broadcasts = 0
+
+    # -- producing ---------------------------------------------------------------------------------------------
+
+    def _lock(self, list_name: str) -> asyncio.Lock:
+        return self._locks.setdefault(list_name, asyncio.Lock())
+
+    async def refresh(self, list_name: str) -> dict[str, Any]:
+        """Build the list from its templates, write it with its TTL and a new version, and announce it."""
+        lst = self.settings.get_list(list_name)
+        async with self._lock(list_name):
+            data = build_list(self.settings.templates_for(lst), lst.ttl_s, self._rng)
+            return await self.write_and_announce(lst, data)
+
+    async def write_and_announce(self, lst: ListSettings, data: dict[str, Any]) -> dict[str, Any]:
+        stored = await self.store.write_list(lst.key, data, lst.ttl_s)
+        await self.store.publish_update(lst.name, stored)
+        return stored
+
+    async def current(self, list_name: str) -> dict[str, Any]:
+        """The list as stored; if it has expired, it is rebuilt first, as a scheduled tick would."""
+        lst = self.settings.get_list(list_name)
+        data = await self.store.read_list(lst.key)
+        if data is not None:
+            return data
+        async with self._lock(list_name):  # many clients asking at once cause one rebuild
+            data = await self.store.read_list(lst.key)
+            if data is not None:
+                return data
+            logger.info('list %s has expired from Redis (%s): rebuilding it', list_name, lst.key)
+            data = build_list(self.settings.templates_for(lst), lst.ttl_s, self._rng)
+            return await self.write_and_announce(lst, data)
+
+    async def _scheduled(self, schedule: ScheduleSettings) -> None:
+        data = await self.refresh(schedule.list)
+        logger.info(
+            'schedule %s refreshed list %s (version %s, %d games)',
+            schedule.name,
+            schedule.list,
+            data.get('version'),
+            data.get('total_games', 0),
+        )
+
+    # -- consuming ---------------------------------------------------------------------------------------------
+
+    async def broadcast(self, list_name: str, data: dict[str, Any]) -> int:
+        """Send a list to this process's clients in each namespace the list targets; returns the client count."""
+        try:
+            lst = self.settings.get_list(list_name)
+        except KeyError:
+            logger.warning('update for unknown list %r ignored (not in %s)', list_name, self.settings.source)
+            return 0
+        message = envelope(data, lst.event)
+        total = 0
+        for namespace in lst.namespaces:
+            count = await self._emit(lst.event, message, namespace)
+            total += count
+            logger.info('broadcast %s to %s (%d clients, version %s)', lst.event, namespace, count, data.get('version'))
+        self.broadcasts += 1
+        return total
+
+    async def _on_message(self, raw: bytes | str) -> None:
+        try:
+            message = json.loads(raw)
+            list_name, data = message['list'], message['data']
+            if not isinstance(list_name, str) or not isinstance(data, dict):
+                raise TypeError('list must be a string and data an object')
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning('malformed message on %s ignored: %s', UPDATES_CHANNEL, exc)
+            return
+        await self.broadcast(list_name, data)
+
+    async def listen(self) -> None:
+        """Subscribe to the updates channel for ever, resubscribing with backoff when Redis goes away."""
+        delay = 0.1
+        while True:
+            pubsub = self.store.pubsub()
+            try:
+                await pubsub.subscribe(UPDATES_CHANNEL)
+                self.listening.set()
+                if self.redis_error:
+                    logger.warning('Redis is back: subscribed to %s again', UPDATES_CHANNEL)
+                self.redis_error = None
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message.get('type') == 'message':
+                        await self._on_message(message['data'])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, StoreError) as exc:
+                self.listening.clear()
+                self.redis_error = f'{type(exc).__name__}: {exc}'
+                logger.error(
+                    'Redis subscription to %s lost: %s; retrying in %.1fs', UPDATES_CHANNEL, self.redis_error, delay
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self, *, schedules: bool = True) -> None:
+        task = asyncio.get_running_loop().create_task(self.listen(), name='updates-listener')
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if schedules:
+            self.scheduler.start(self.settings.schedules)
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

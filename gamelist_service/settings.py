@@ -1,0 +1,116 @@
+"""The typed, frozen settings object; config.py builds it from a validated file and nothing else reads YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Status = Literal['active', 'maintenance', 'coming_soon']
+EMBEDDED = 'embedded'
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = '127.0.0.1'
+    port: int = 3000
+    cors_allowed_origins: tuple[str, ...] = ('http://localhost:3000', 'http://127.0.0.1:3000')
+    transports: tuple[str, ...] = ('polling', 'websocket')
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
+    max_http_buffer_size: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = EMBEDDED
+    session_ttl_s: float = 3600.0
+    user_ttl_s: float = 86400.0
+    state_dir: Path = Path('.gamelist')
+    persistence: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == EMBEDDED
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSettings:
+    name: str
+    list: str
+    send_list_on_connect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlayerCounts:
+    """Fixed counts (active == active_max, live fixed) or simulated ranges."""
+
+    mode: Literal['simulated', 'fixed']
+    active_min: int
+    active_max: int
+    live_ratio_min: float = 0.3
+    live_ratio_max: float = 0.8
+    live_fixed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GameTemplate:
+    id: str
+    name: str
+    type: str
+    min_players: int
+    max_players: int
+    status: Status
+    players: PlayerCounts
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListSettings:
+    name: str
+    key: str
+    ttl_s: float
+    games: tuple[str, ...]
+    event: str
+    namespaces: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSettings:
+    name: str
+    list: str
+    interval_s: float | None = None
+    cron: str | None = None
+    max_runs: int | None = None
+    jitter_s: float = 0.0
+    run_at_start: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs, as declared in one configuration file."""
+
+    source: Path
+    server: ServerSettings
+    redis: RedisSettings
+    namespaces: tuple[NamespaceSettings, ...]
+    games: tuple[GameTemplate, ...]
+    lists: tuple[ListSettings, ...]
+    schedules: tuple[ScheduleSettings, ...]
+    digest: str = ''
+
+    def get_list(self, name: str) -> ListSettings:
+        for item in self.lists:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def get_namespace(self, name: str) -> NamespaceSettings:
+        for item in self.namespaces:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def templates_for(self, list_settings: ListSettings) -> tuple[GameTemplate, ...]:
+        by_id = {game.id: game for game in self.games}
+        return tuple(by_id[game_id] for game_id in list_settings.games)

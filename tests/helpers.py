@@ -1,0 +1,204 @@
+"""Shared test helpers: config files made from the shipped one, and `gamelist-service serve` as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
+
+
+def shipped_data() -> dict[str, Any]:
+    """The shipped config as data, with quick pings: a polling client's disconnect waits for the next ping."""
+    data: dict[str, Any] = copy.deepcopy(yaml.safe_load(SHIPPED_CONFIG.read_text()))
+    data['server'].update(ping_interval='1s', ping_timeout='2s')
+    return data
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text('# yaml-language-server: $schema=../schemas/games.schema.json\n' + yaml.safe_dump(data))
+    return path
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b'null')
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b'null')
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+async def async_wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+class Serve:
+    """`gamelist-service serve` in a subprocess, in its own working directory, on a port of its own."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path,
+        port: int,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        global_args: tuple[str, ...] = (),
+    ) -> None:
+        self.global_args = global_args
+        self.workdir = workdir
+        self.config = config
+        self.port = port
+        self.extra = extra
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith('GAMELIST_')} | (env or {})
+        self.log_path = workdir / f'serve-{port}.log'
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self.port}'
+
+    def start(self, *, wait_ready: bool = True, timeout_s: float = 20.0) -> Serve:
+        with self.log_path.open('ab') as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    '-m',
+                    'gamelist_service',
+                    *self.global_args,
+                    'serve',
+                    '--config',
+                    str(self.config),
+                    '--port',
+                    str(self.port),
+                    *self.extra,
+                ],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait_ready:
+            ok = wait_until(lambda: self._ready() or self.process is None or self.process.poll() is not None, timeout_s)
+            if not ok or self.process.poll() is not None:
+                raise RuntimeError(f'serve did not become ready:\n{self.log()}')
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return http_get(self.url + '/ready', timeout_s=1.0)[0] == 200
+        except (OSError, ValueError):
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors='replace') if self.log_path.exists() else ''
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code. Kills (by its own PID) only if it does not exit."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        return self.process.returncode
+
+
+class Recorder:
+    """A python-socketio AsyncClient that records every event it receives, per namespace."""
+
+    def __init__(
+        self,
+        url: str,
+        transport: str = 'websocket',
+        namespaces: tuple[str, ...] = ('/', '/gameplay'),
+        **connect_kwargs: Any,
+    ) -> None:
+        import socketio  # noqa: PLC0415 - only the socket tests need it
+
+        self.url = url
+        self.transport = transport
+        self.namespaces = namespaces
+        self.connect_kwargs = connect_kwargs
+        self.events: list[tuple[str, str, Any]] = []
+        self.disconnects: list[str] = []
+        self.sio = socketio.AsyncClient(reconnection=False)
+
+        async def on_any(event: str, *args: Any, namespace: str) -> None:
+            self.events.append((event, namespace, args[0] if len(args) == 1 else list(args)))
+
+        async def on_disconnect(*args: Any) -> None:
+            self.disconnects.append(str(args[0]) if args else '')
+
+        for ns in namespaces:
+            self.sio.on('*', functools.partial(on_any, namespace=ns), namespace=ns)
+            self.sio.on('disconnect', on_disconnect, namespace=ns)
+
+    async def connect(self) -> Recorder:
+        try:
+            await self.sio.connect(
+                self.url,
+                transports=[self.transport],
+                namespaces=list(self.namespaces),
+                wait_timeout=10,
+                **self.connect_kwargs,
+            )
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    def received(self, event: str, namespace: str) -> list[Any]:
+        return [data for name, ns, data in self.events if name == event and ns == namespace]
+
+    async def wait_for(self, event: str, namespace: str, count: int = 1, timeout_s: float = 10.0) -> list[Any]:
+        ok = await async_wait_until(lambda: len(self.received(event, namespace)) >= count, timeout_s)
+        got = self.received(event, namespace)
+        assert ok, f'{event} on {namespace}: {len(got)} of {count} arrived in {timeout_s}s'
+        return got
+
+    async def call(self, event: str, data: Any = None, namespace: str = '/', timeout_s: float = 10.0) -> Any:
+        args = () if data is None else (data,)
+        return await self.sio.call(event, *args, namespace=namespace, timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+        http = getattr(self.sio.eio, 'http', None)  # a refused client keeps its aiohttp session open
+        if http is not None and not http.closed:
+            await http.close()
