@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from types import SimpleNamespace
 from typing import Any
 
 from sanic import Sanic
 from sanic.config import Config
 
-from . import routes
+from . import api, metrics, page, routes
 from .exceptions import GamelistError
+from .reload import Launch, ReloadStatus, load_for_reload
 from .service import GamelistService
-from .sockets import GamelistServer, create_server, emit_to_namespace
+from .settings import Settings
+from .sockets import GamelistServer, apply_namespaces, create_server, emit_to_namespace
 from .store import Store, redact_url
 
 logger = logging.getLogger('gamelist_service.app')
@@ -22,10 +26,21 @@ logger = logging.getLogger('gamelist_service.app')
 ASYNC_MODE = 'sanic'
 App = Sanic[Config, SimpleNamespace]
 MAX_REQUEST_BYTES = 1024 * 1024
+STOP_TIMEOUT_S = 3.0
 
 
-def create_app(settings: Any, redis_url: str, *, name: str = 'gamelist_service', schedules: bool = True) -> App:
-    """The Sanic app with Socket.IO attached; Redis and the scheduler start and stop with the server."""
+def create_app(
+    settings: Settings,
+    redis_url: str,
+    *,
+    name: str = 'gamelist_service',
+    schedules: bool = True,
+    launch: Launch | None = None,
+) -> App:
+    """The Sanic app with Socket.IO attached; Redis and the scheduler start and stop with the server.
+
+    :param launch: how serve was started; SIGHUP reloads the configuration with it.
+    """
     app: App = Sanic(name, configure_logging=False)
     app.config.ACCESS_LOG = False
     app.config.REQUEST_MAX_SIZE = MAX_REQUEST_BYTES
@@ -35,6 +50,7 @@ def create_app(settings: Any, redis_url: str, *, name: str = 'gamelist_service',
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 3.0
 
     store = Store(redis_url)
+    store.on_error = lambda operation: metrics.REDIS_ERRORS.labels(operation).inc()
     sio: GamelistServer | None = None
 
     async def emit(event: str, data: dict[str, Any], namespace: str) -> int:
@@ -48,7 +64,11 @@ def create_app(settings: Any, redis_url: str, *, name: str = 'gamelist_service',
     app.ctx.store = store
     app.ctx.service = service
     app.ctx.sio = sio
+    app.ctx.reload_status = ReloadStatus(digest=settings.digest)
+    app.ctx.reload_lock = asyncio.Lock()
     app.blueprint(routes.bp)
+    app.blueprint(api.bp)
+    app.blueprint(page.bp)
     app.error_handler.add(Exception, routes.error_response)
 
     @app.before_server_start
@@ -64,7 +84,12 @@ def create_app(settings: Any, redis_url: str, *, name: str = 'gamelist_service',
             )
         except GamelistError as exc:
             logger.error('%s; the service keeps running and retries (see /ready)', exc)
+        status: ReloadStatus = app.ctx.reload_status
+        metrics.config_loaded(status.generation, status.digest, status.loaded_at)
         service.start(schedules=schedules)
+        if launch is not None:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, launch))
         logger.info(
             'gamelist-service listening on http://%s:%d (namespaces %s)',
             settings.server.host,
@@ -74,18 +99,70 @@ def create_app(settings: Any, redis_url: str, *, name: str = 'gamelist_service',
 
     @app.before_server_stop
     async def stop(app: App) -> None:
-        logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
-        await service.stop()
-        await sio.shutdown()
+        # Sanic may run this hook twice on uvloop (its first run_until_complete after stop() can abort), so the
+        # work happens once, in one task that a second call simply waits for.
+        if getattr(app.ctx, 'stopping', None) is None:
+            app.ctx.stopping = asyncio.get_running_loop().create_task(_stop_service(service, sio))
+        await asyncio.shield(app.ctx.stopping)
 
     @app.after_server_stop
     async def close(app: App) -> None:
         await store.close()
-        # engine.io leaves per-connection ping tasks behind; end them before Sanic closes the loop
+        metrics.mark_process_dead(os.getpid())
+        # engine.io leaves per-connection ping tasks behind; end them before Sanic closes the loop, within bounds
         leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in leftovers:
             task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=STOP_TIMEOUT_S)
         logger.info('gamelist-service stopped')
 
     return app
+
+
+async def _stop_service(service: GamelistService, sio: GamelistServer) -> None:
+    logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
+    try:
+        await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning('scheduler and listener did not stop within %.0fs; going on', STOP_TIMEOUT_S)
+    await sio.shutdown()
+
+
+_reloads: set[asyncio.Task[bool]] = set()
+
+
+def _spawn_reload(app: App, launch: Launch) -> None:
+    task = asyncio.get_running_loop().create_task(reload_app(app, launch))
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)
+
+
+async def reload_app(app: App, launch: Launch) -> bool:
+    """SIGHUP: re-read and validate the file; apply it if valid, else keep running as before. Never raises."""
+    service: GamelistService = app.ctx.service
+    status: ReloadStatus = app.ctx.reload_status
+    async with app.ctx.reload_lock:  # SIGHUPs in a burst apply one after another
+        logger.info('SIGHUP: reloading %s', launch.config)
+        old_digest = status.digest
+        try:
+            new = await asyncio.to_thread(load_for_reload, service.settings, launch, status)
+        except Exception:  # a reload must never take the service down
+            logger.exception('reload failed unexpectedly; still running generation %d', status.generation)
+            status.last_attempt_ok = False
+            metrics.RELOAD_SUCCESS.set(0)
+            return False
+        if new is None:
+            metrics.RELOAD_SUCCESS.set(0)
+            return False
+        apply_namespaces(app.ctx.sio, service, new.namespaces)
+        changes = service.apply(new)
+        app.ctx.settings = new
+        metrics.config_loaded(status.generation, status.digest, status.loaded_at, previous_digest=old_digest)
+        logger.info(
+            'reload applied: generation %d (sha256 %s); schedules %s',
+            status.generation,
+            status.digest[:12],
+            ', '.join(f'{kind} {names}' for kind, names in changes.items() if names) or 'unchanged (not leading)',
+        )
+        return True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
+import signal
 import statistics
 import sys
 import time
@@ -18,6 +18,7 @@ from . import __version__, instances
 from .config import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, schema_text, summary
 from .exceptions import GamelistError
 from .logs import setup_logging
+from .reload import Launch
 from .settings import Settings
 from .store import Store, redact_url
 
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--host', help='address to listen on (default: the config)')
     p.add_argument('--port', type=int, help=f'port to listen on (default: ${ENV_PORT}, else the config)')
     p.add_argument('--redis-url', help=f'Redis URL or "embedded" (default: ${ENV_REDIS_URL}, else the config)')
+    p.add_argument('--workers', type=_positive, default=1, help='worker processes (default: 1)')
+
+    p = command('reload', cmd_reload, 'make a running serve re-read its configuration (sends SIGHUP)')
+    config_arg(p)
+    p.add_argument('--port', type=int, help='which running serve, when several share a config')
 
     p = command('validate', cmd_validate, 'check configuration files; exit 1 listing every problem')
     p.add_argument('paths', nargs='+', type=Path, metavar='PATH')
@@ -70,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command('check', cmd_check, 'check Redis: ping, set/get, TTL round trip, server version, latency')
     config_arg(p)
     redis_args(p)
+
+    p = command('updater', cmd_updater, "the prototype's interactive updater: single, continuous, custom, Redis test")
+    p.add_argument('--config', type=Path, help="configuration file (default: none, the prototype's defaults)")
+    p.add_argument('--redis-url', help=f'Redis to write (default: ${ENV_REDIS_URL}, the config, else 127.0.0.1:6379)')
     return parser
 
 
@@ -110,15 +120,32 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 def cmd_serve(ns: argparse.Namespace) -> int:
     from .server import serve  # noqa: PLC0415 - Sanic is only imported by the command that needs it
 
-    env = dict(os.environ)
+    env: dict[str, str] = {}
     if ns.port is not None:
         env[ENV_PORT] = str(ns.port)
     if ns.redis_url:
         env[ENV_REDIS_URL] = ns.redis_url
-    settings = load_settings(ns.config, env)
-    if ns.host:
-        settings = dataclasses.replace(settings, server=dataclasses.replace(settings.server, host=ns.host))
-    return serve(settings)
+    launch = Launch(ns.config, env, ns.host, ns.workers, verbose=ns.verbose, log_format=ns.log_format)
+    return serve(launch)
+
+
+def cmd_reload(ns: argparse.Namespace) -> int:
+    settings = load_settings(ns.config)
+    found = instances.running(settings.redis.state_dir, settings.source, ns.port)
+    if len(found) != 1:
+        where = settings.redis.state_dir.resolve()
+        what = 'no running serve' if not found else f'{len(found)} running serve processes (pass --port)'
+        raise GamelistError(f'{what} for {settings.source} in {where}')
+    os.kill(found[0].pid, signal.SIGHUP)
+    print(f'sent SIGHUP to serve pid {found[0].pid} (port {found[0].port}); its log and /ready show the outcome')
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be at least 1')
+    return value
 
 
 def resolve_redis_url(settings: Settings, redis_url: str | None, port: int | None) -> str:
@@ -222,3 +249,11 @@ async def _check(url: str, pings: int = 20) -> int:
     finally:
         await store.close()
     return 0 if ok else 1
+
+
+def cmd_updater(ns: argparse.Namespace) -> int:
+    from .updater import GameListUpdater, run_menu  # noqa: PLC0415
+
+    redis_url = ns.redis_url or os.environ.get(ENV_REDIS_URL) or None
+    with GameListUpdater(redis_url=redis_url, config=ns.config) as updater:
+        return run_menu(updater)

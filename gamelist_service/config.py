@@ -355,10 +355,12 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             host=server['host'],
             port=int(env.get(ENV_PORT) or server['port']),
             cors_allowed_origins=tuple(server['cors_allowed_origins']),
-            transports=tuple(server['transports']),
+            transports=tuple(data.get('server', {}).get('transports', ())),  # () = not given: chosen at serve
             ping_interval_s=parse_duration(server['ping_interval']),
             ping_timeout_s=parse_duration(server['ping_timeout']),
             max_http_buffer_size=server['max_http_buffer_size'],
+            sticky_sessions=server['sticky_sessions'],
+            fast_broadcast=server['fast_broadcast'],
         ),
         redis=RedisSettings(
             url=env.get(ENV_REDIS_URL) or redis['url'],
@@ -371,6 +373,7 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
         games=games,
         lists=lists,
         schedules=schedules,
+        leader_lease_s=parse_duration(data.get('leader', {}).get('lease', '5s')),
     )
 
 

@@ -45,6 +45,10 @@ class StoreError(GamelistError):
         return f'StoreError(message={self.message!r}, url={self.url!r})'
 
 
+class FencedError(StoreError):
+    """A write on a schedule was refused because this process no longer holds the scheduler lease."""
+
+
 class SchedulerError(GamelistError):
     """A schedule could not be set up or run."""
 

@@ -18,6 +18,7 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             'time': datetime.fromtimestamp(record.created, UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ'),
             'level': record.levelname,
+            'pid': record.process,
             'logger': record.name,
             'message': record.getMessage(),
         }
@@ -33,7 +34,7 @@ def default_log_config(verbose: bool = False, log_format: str = 'text') -> dict[
         {'()': JsonFormatter}
         if log_format == 'json'
         else {
-            'format': '%(asctime)s %(levelname)-7s %(name)s: %(message)s',
+            'format': '%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s',
             'datefmt': '%Y-%m-%dT%H:%M:%S',
         }
     )

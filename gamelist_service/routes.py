@@ -7,8 +7,9 @@ import logging
 
 from sanic import Blueprint, Request
 from sanic.exceptions import SanicException
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse, json, raw
 
+from . import metrics
 from .exceptions import GamelistError
 from .service import GamelistService
 
@@ -36,7 +37,9 @@ async def ready(request: Request) -> HTTPResponse:
     service = _service(request)
     settings = service.settings
     body: dict[str, object] = {
-        'config': {'path': str(settings.source), 'sha256': settings.digest},
+        'config': {'path': str(settings.source), **request.app.ctx.reload_status.as_dict()},
+        'leader': service.leadership.leading,
+        'process': service.leadership.identity,
         'schedules': {
             name: {'runs': st.runs, 'failures': st.failures, 'last_error': st.last_error}
             for name, st in service.scheduler.state.items()
@@ -54,6 +57,12 @@ async def ready(request: Request) -> HTTPResponse:
     if reason:
         return json({'status': 'not ready', 'reason': reason, **body}, status=503)
     return json({'status': 'ready', **body})
+
+
+@bp.get('/metrics')
+async def prometheus_metrics(request: Request) -> HTTPResponse:
+    """Prometheus text format; with several workers, the sum of what each wrote."""
+    return raw(metrics.generate_latest(), content_type=metrics.CONTENT_TYPE_LATEST)
 
 
 @bp.get('/api/v1/gamelist')

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
 import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from sanic import Sanic
+from sanic.worker.loader import AppLoader
 
 from . import instances
-from .app import create_app
 from .embedded import EmbeddedRedis
-from .settings import Settings
+from .logs import setup_logging
+from .reload import Launch
+
+if TYPE_CHECKING:
+    from .app import App
 
 logger = logging.getLogger('gamelist_service.server')
 
+METRICS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
+_WORKER_ENV = 'GAMELIST_WORKER_LAUNCH'  # how worker processes learn what the main process resolved
 
-def serve(settings: Settings) -> int:
+
+def serve(launch: Launch) -> int:
     """Run until SIGINT or SIGTERM; returns the exit code."""
+    settings = launch.load()
     server = settings.server
     directory = instances.claim(settings.redis.state_dir, server.port, settings.source)
     embedded: EmbeddedRedis | None = None
@@ -24,18 +43,86 @@ def serve(settings: Settings) -> int:
         else:
             redis_url = settings.redis.url
         instances.publish(directory, server.port, settings.source, redis_url)
-        app = create_app(settings, redis_url)
-        app.run(
-            host=server.host,
-            port=server.port,
-            single_process=True,
-            motd=False,
-            access_log=False,
-            auto_reload=False,
-            debug=False,
-        )
+        _prepare_metrics_dir(directory / 'metrics')
+        from .app import create_app  # noqa: PLC0415 - after the metrics directory is set: prometheus-client reads it on import
+
+        run_kwargs: dict[str, Any] = {
+            'host': server.host,
+            'port': server.port,
+            'motd': False,
+            'access_log': False,
+            'auto_reload': False,
+            'debug': False,
+        }
+        if launch.workers == 1:
+            app = create_app(settings, redis_url, launch=launch)
+            app.run(single_process=True, **run_kwargs)
+        else:
+            _serve_workers(launch, redis_url, run_kwargs)
     finally:
         if embedded is not None:
             embedded.stop()
         instances.release(directory)
     return 0
+
+
+def _prepare_metrics_dir(directory: Path) -> None:
+    """Every process of this instance writes its metrics here (prometheus-client's multiprocess mode)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[METRICS_DIR_ENV] = str(directory)
+
+
+def _serve_workers(launch: Launch, redis_url: str, run_kwargs: dict[str, Any]) -> None:
+    """N Sanic worker processes; this main process forwards SIGHUP to them, each reloads itself."""
+    os.environ[_WORKER_ENV] = json.dumps(
+        {
+            'config': str(launch.config),
+            'env': dict(launch.env),
+            'host': launch.host,
+            'workers': launch.workers,
+            'verbose': launch.verbose,
+            'log_format': launch.log_format,
+            'redis_url': redis_url,
+        }
+    )
+    logger.info('starting %d worker processes', launch.workers)
+    loader = AppLoader(factory=worker_app)
+    app = loader.load()
+
+    @app.main_process_ready
+    async def forward_sighup(app: App, _: Any) -> None:
+        def forward(signum: int, frame: FrameType | None) -> None:
+            pids = [process.pid for process in app.manager.processes if process.name.startswith('Sanic-Server')]
+            logger.info('SIGHUP: asking %d workers to reload', len(pids))
+            for pid in pids:
+                if pid:
+                    os.kill(pid, signal.SIGHUP)
+
+        signal.signal(signal.SIGHUP, forward)
+
+    app.prepare(workers=launch.workers, **run_kwargs)
+    try:
+        Sanic.serve(primary=app, app_loader=loader)
+    except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+        # Ctrl-C in a terminal reaches the whole process group, Sanic's state-sharing process included, which may
+        # exit before the main process has finished stopping the workers; the workers have stopped by then.
+        logger.info('worker manager gone while stopping (%s); workers stopped', type(exc).__name__)
+
+
+def _die_with_parent() -> None:
+    """A worker whose main process is killed (even with -9) stops too, instead of serving on alone (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def worker_app() -> App:
+    """Factory Sanic calls in every worker process (and once in the main one)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop takes it over (a reload, not an exit)
+    _die_with_parent()
+    raw = json.loads(os.environ[_WORKER_ENV])
+    launch = Launch(Path(raw['config']), raw['env'], raw['host'], raw['workers'], raw['verbose'], raw['log_format'])
+    setup_logging(launch.verbose, launch.log_format)
+    from .app import create_app  # noqa: PLC0415 - see serve()
+
+    return create_app(launch.load(), raw['redis_url'], launch=launch)

@@ -7,13 +7,17 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from .exceptions import StoreError
+from . import metrics
+from .exceptions import FencedError, StoreError
 from .gamelist import build_list, envelope
+from .leader import Leadership, RedisLedger, process_identity
+from .listcache import ListCache
 from .scheduler import Scheduler
 from .settings import ListSettings, ScheduleSettings, Settings
 from .store import UPDATES_CHANNEL, Store
@@ -27,40 +31,64 @@ EmitFn = Callable[[str, dict[str, Any], str], Awaitable[int]]
 class GamelistService:
     """One per process. The scheduler calls refresh(); every process broadcasts what arrives on the updates channel."""
 
-    def __init__(self, settings: Settings, store: Store, emit: EmitFn, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        emit: EmitFn,
+        *,
+        rng: random.Random | None = None,
+        identity: str | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self._emit = emit
         self._rng = rng or random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.scheduler = Scheduler(self._scheduled)
+        self.leadership = Leadership(
+            store,
+            identity or process_identity(settings.server.port),
+            settings.leader_lease_s,
+            on_gain=self._lead,
+            on_loss=self._follow,
+        )
+        self.scheduler = Scheduler(self._scheduled, ledger=RedisLedger(store, self.leadership))
         self.redis_error: str | None = None
         self.listening = asyncio.Event()
         self.broadcasts = 0
+        self.lists = ListCache()  # main:screen from memory, keyed by version, expiring with the TTL
 
     # -- producing ---------------------------------------------------------------------------------------------
 
     def _lock(self, list_name: str) -> asyncio.Lock:
         return self._locks.setdefault(list_name, asyncio.Lock())
 
-    async def refresh(self, list_name: str) -> dict[str, Any]:
+    async def refresh(self, list_name: str, *, fence: str | None = None) -> dict[str, Any]:
         """Build the list from its templates, write it with its TTL and a new version, and announce it."""
-        lst = self.settings.get_list(list_name)
+        settings = self.settings  # one configuration for the whole tick, even if a reload lands meanwhile
+        lst = settings.get_list(list_name)
         async with self._lock(list_name):
-            data = build_list(self.settings.templates_for(lst), lst.ttl_s, self._rng)
-            return await self.write_and_announce(lst, data)
+            data = build_list(settings.templates_for(lst), lst.ttl_s, self._rng)
+            return await self.write_and_announce(lst, data, fence=fence)
 
-    async def write_and_announce(self, lst: ListSettings, data: dict[str, Any]) -> dict[str, Any]:
-        stored = await self.store.write_list(lst.key, data, lst.ttl_s)
+    async def write_and_announce(
+        self, lst: ListSettings, data: dict[str, Any], *, fence: str | None = None
+    ) -> dict[str, Any]:
+        stored = await self.store.write_list(lst.key, data, lst.ttl_s, fence=fence)
         await self.store.publish_update(lst.name, stored)
         return stored
 
     async def current(self, list_name: str) -> dict[str, Any]:
         """The list as stored; if it has expired, it is rebuilt first, as a scheduled tick would."""
         lst = self.settings.get_list(list_name)
+        # from memory while the updates subscription is live (else an update could have been missed)
+        cached = self.lists.get(lst) if self.listening.is_set() else None
+        if cached is not None:
+            return cached
         data = await self.store.read_list(lst.key)
         if data is not None:
+            await self.lists.fill(self.store, lst, data)
             return data
         async with self._lock(list_name):  # many clients asking at once cause one rebuild
             data = await self.store.read_list(lst.key)
@@ -68,10 +96,19 @@ class GamelistService:
                 return data
             logger.info('list %s has expired from Redis (%s): rebuilding it', list_name, lst.key)
             data = build_list(self.settings.templates_for(lst), lst.ttl_s, self._rng)
-            return await self.write_and_announce(lst, data)
+            stored = await self.write_and_announce(lst, data)
+            self.lists.remember(lst, stored)
+            return stored
 
     async def _scheduled(self, schedule: ScheduleSettings) -> None:
-        data = await self.refresh(schedule.list)
+        try:
+            if self.leadership.value is None:
+                raise FencedError('this process no longer holds the scheduler lease')
+            data = await self.refresh(schedule.list, fence=self.leadership.value)
+        except Exception:
+            metrics.SCHEDULE_RUNS.labels(schedule.name, 'failure').inc()
+            raise
+        metrics.SCHEDULE_RUNS.labels(schedule.name, 'success').inc()
         logger.info(
             'schedule %s refreshed list %s (version %s, %d games)',
             schedule.name,
@@ -89,12 +126,16 @@ class GamelistService:
         except KeyError:
             logger.warning('update for unknown list %r ignored (not in %s)', list_name, self.settings.source)
             return 0
+        self.lists.remember(lst, data)
         message = envelope(data, lst.event)
         total = 0
+        started = time.perf_counter()
         for namespace in lst.namespaces:
             count = await self._emit(lst.event, message, namespace)
             total += count
+            metrics.BROADCASTS.labels(lst.name, namespace).inc()
             logger.info('broadcast %s to %s (%d clients, version %s)', lst.event, namespace, count, data.get('version'))
+        metrics.BROADCAST_SECONDS.labels(lst.name).observe(time.perf_counter() - started)
         self.broadcasts += 1
         return total
 
@@ -116,6 +157,7 @@ class GamelistService:
             pubsub = self.store.pubsub()
             try:
                 await pubsub.subscribe(UPDATES_CHANNEL)
+                self.lists.clear()  # updates may have been missed while not subscribed
                 self.listening.set()
                 if self.redis_error:
                     logger.warning('Redis is back: subscribed to %s again', UPDATES_CHANNEL)
@@ -141,11 +183,28 @@ class GamelistService:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self, *, schedules: bool = True) -> None:
-        task = asyncio.get_running_loop().create_task(self.listen(), name='updates-listener')
+        """Listen for updates; with schedules, also compete for the lease and run the schedules while leading."""
+        self._spawn(self.listen(), 'updates-listener')
+        if schedules:
+            self._spawn(self.leadership.run(), 'scheduler-lease')
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if schedules:
-            self.scheduler.start(self.settings.schedules)
+
+    def _lead(self) -> None:
+        self.scheduler.start(self.settings.schedules)
+
+    async def _follow(self) -> None:
+        await self.scheduler.stop()
+
+    def apply(self, settings: Settings) -> dict[str, list[str]]:
+        """Use a reloaded configuration: lists and templates from the next tick on, schedules as they changed."""
+        self.settings = settings
+        if self.leadership.leading:
+            return self.scheduler.update(settings.schedules)
+        return {}
 
     async def stop(self) -> None:
         await self.scheduler.stop()
@@ -153,3 +212,4 @@ class GamelistService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.leadership.release()

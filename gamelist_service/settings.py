@@ -12,13 +12,17 @@ EMBEDDED = 'embedded'
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
+    """The listening side; a running process keeps these until it restarts."""
+
     host: str = '127.0.0.1'
     port: int = 3000
     cors_allowed_origins: tuple[str, ...] = ('http://localhost:3000', 'http://127.0.0.1:3000')
-    transports: tuple[str, ...] = ('polling', 'websocket')
+    transports: tuple[str, ...] = ()  # () when the file does not say: both, or websocket only with N workers
     ping_interval_s: float = 25.0
     ping_timeout_s: float = 20.0
+    sticky_sessions: bool = False
     max_http_buffer_size: int = 65536
+    fast_broadcast: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,7 @@ class Settings:
     games: tuple[GameTemplate, ...]
     lists: tuple[ListSettings, ...]
     schedules: tuple[ScheduleSettings, ...]
+    leader_lease_s: float = 5.0
     digest: str = ''
 
     def get_list(self, name: str) -> ListSettings:

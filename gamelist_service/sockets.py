@@ -6,11 +6,13 @@ import asyncio
 import contextvars
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
 import socketio
 
+from . import fastpath, metrics
 from .config import schema
 from .exceptions import GamelistError
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
@@ -21,6 +23,7 @@ logger = logging.getLogger('gamelist_service.sockets')
 
 DEVICE_INFO_SCHEMA = 'device_info.schema.json'
 DEVICE_INFO_MAX_BYTES = 4096
+DEFAULT_TRANSPORTS = ('polling', 'websocket')
 
 # True while a handler runs for an event that carries an ack id (the client passed a callback).
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
@@ -74,6 +77,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         self.clients.add(sid)
+        metrics.CONNECTED_CLIENTS.labels(self.namespace).inc()
         since = auth.get('since') if isinstance(auth, dict) else None
         logger.info('client %s connected to %s (%d clients)', sid, self.namespace, len(self.clients))
         if self.settings.send_list_on_connect or (isinstance(since, int) and not isinstance(since, bool)):
@@ -84,14 +88,16 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return True
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
-        self.clients.discard(sid)
+        if sid in self.clients:
+            self.clients.discard(sid)
+            metrics.CONNECTED_CLIENTS.labels(self.namespace).dec()
         logger.info('client %s left %s (%s; %d clients)', sid, self.namespace, reason, len(self.clients))
 
     async def _send_current(self, sid: str, since: int | None) -> None:
         try:
             lst = self.service.settings.get_list(self.settings.list)
             data = await self.service.current(lst.name)
-            if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) <= since:
+            if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
                 return
             await self.emit(lst.event, envelope(data, lst.event), to=sid)
         except Exception as exc:  # noqa: BLE001 - a background task: log, never raise into the loop
@@ -152,18 +158,33 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
     """The AsyncServer with the config's CORS origins, transports and pings, and a namespace per config entry."""
     server = service.settings.server
     sio = GamelistServer(
+        client_manager=fastpath.create_manager(server.fast_broadcast),
         async_mode=async_mode,
         cors_allowed_origins=list(server.cors_allowed_origins),
-        transports=list(server.transports),
+        transports=list(server.transports or DEFAULT_TRANSPORTS),
         ping_interval=server.ping_interval_s,
         ping_timeout=server.ping_timeout_s,
         max_http_buffer_size=server.max_http_buffer_size,
         logger=False,
         engineio_logger=False,
     )
+    fastpath.install(sio)
     for ns in service.settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
     return sio
+
+
+def apply_namespaces(
+    sio: socketio.AsyncServer, service: GamelistService, namespaces: Iterable[NamespaceSettings]
+) -> None:
+    """After a reload: existing namespaces take their new settings, new ones start accepting clients."""
+    for ns in namespaces:
+        handler = sio.namespace_handlers.get(ns.name)
+        if isinstance(handler, GameNamespace):
+            handler.settings = ns
+        else:
+            sio.register_namespace(GameNamespace(ns, service))
+            logger.info('namespace %s added', ns.name)
 
 
 async def emit_to_namespace(sio: socketio.AsyncServer, event: str, data: dict[str, Any], namespace: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -103,6 +104,18 @@ async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def no_serve_left_behind() -> Iterator[None]:
+    """A test cut short by its timeout may not reach its own cleanup: end its serve processes here (by PID)."""
+    from .helpers import Serve  # noqa: PLC0415
+
+    yield
+    for serve in Serve.started:
+        if serve.process is not None and serve.process.poll() is None:
+            serve.process.send_signal(signal.SIGCONT)
+            serve.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -64,6 +64,8 @@ async def async_wait_until(predicate: Callable[[], bool], timeout_s: float = 10.
 class Serve:
     """`gamelist-service serve` in a subprocess, in its own working directory, on a port of its own."""
 
+    started: ClassVar[list[Serve]] = []  # conftest stops any still running at the end of the session (a test that timed out)
+
     def __init__(
         self,
         workdir: Path,
@@ -107,6 +109,7 @@ class Serve:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        Serve.started.append(self)
         if wait_ready:
             ok = wait_until(lambda: self._ready() or self.process is None or self.process.poll() is not None, timeout_s)
             if not ok or self.process.poll() is not None:

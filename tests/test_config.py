@@ -112,7 +112,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
     assert settings.server.host == '127.0.0.1'
     assert settings.server.port == 3000
     assert settings.server.cors_allowed_origins == ('http://localhost:3000', 'http://127.0.0.1:3000')
-    assert settings.server.transports == ('polling', 'websocket')
+    assert settings.server.transports == ()  # not given: serve picks both, or websocket only with --workers N
     assert settings.server.ping_interval_s == 25.0
     assert settings.server.ping_timeout_s == 20.0
     assert settings.server.max_http_buffer_size == 65536
@@ -246,18 +246,17 @@ def test_jitter_may_be_zero_but_not_negative(tmp_path: Path) -> None:
 
 def test_misspelt_key_is_an_error_with_a_suggestion(tmp_path: Path) -> None:
     text = edit(('  port: 3000\n', '  port: 3000\n  ping_timeuot: 20s\n'))
-    assert problems_in(tmp_path, text) == [
-        (
-            "4:3: server.ping_timeuot: unknown key 'ping_timeuot' (did you mean 'ping_timeout'?); allowed: "
-            'cors_allowed_origins, host, max_http_buffer_size, ping_interval, ping_timeout, port, transports'
-        )
-    ]
+    (problem,) = problems_in(tmp_path, text)
+    head, allowed = problem.split('; allowed: ')
+    assert head == "4:3: server.ping_timeuot: unknown key 'ping_timeuot' (did you mean 'ping_timeout'?)"
+    assert allowed.split(', ') == sorted(schema()['properties']['server']['properties'])
 
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
-    assert problems_in(tmp_path, BASE + 'extras: 1\n') == [
-        "34:1: extras: unknown key 'extras'; allowed: games, lists, namespaces, redis, schedules, server, version"
-    ]
+    (problem,) = problems_in(tmp_path, BASE + 'extras: 1\n')
+    head, allowed = problem.split('; allowed: ')
+    assert head == "34:1: extras: unknown key 'extras'"
+    assert allowed.split(', ') == sorted(schema()['properties'])
 
 
 def test_unknown_key_deep_inside_a_game(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 from gamelist_service.instances import running
 
 from .conftest import cli_command, free_port
-from .helpers import ROOT, Recorder, Serve, http_get, shipped_data, wait_until, write_config
+from .helpers import ROOT, Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
 
 TRANSPORTS = ['websocket', 'polling']
 GAME_FIELDS = {
@@ -103,13 +104,21 @@ async def test_publish_reaches_every_client_on_both_transports_and_namespaces(
     assert result.returncode == 0, result.stderr
     assert 'published list current to gamelist:current' in result.stdout
     assert '1 service process(es) subscribed' in result.stdout
+    version = int(re.search(r'version (\d+)', result.stdout).group(1))  # type: ignore[union-attr]
     for client in clients:
         for namespace in ('/', '/gameplay'):
-            (message,) = await client.wait_for('game_list:updated', namespace)
+            # the schedule's first tick may also arrive, before the published list; each version arrives once
+            assert await async_wait_until(
+                lambda c=client, ns=namespace: version in versions_seen(c, ns)  # type: ignore[misc]
+            )
+            (message,) = [m for m in client.received('game_list:updated', namespace) if m['data']['version'] == version]
             assert_envelope(message, 'game_list:updated', 'Game list has been updated')
-    versions = {c.received('game_list:updated', ns)[0]['data']['version'] for c in clients for ns in ('/', '/gameplay')}
-    assert len(versions) == 1
-    assert f'version {versions.pop()}' in result.stdout
+            seen = versions_seen(client, namespace)
+            assert len(seen) == len(set(seen))
+
+
+def versions_seen(client: Recorder, namespace: str) -> list[int]:
+    return [m['data']['version'] for m in client.received('game_list:updated', namespace)]
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -140,19 +149,30 @@ async def test_main_screen_without_ack_is_emitted_to_that_client_only(served: Se
         await other.close()
 
 
-async def test_main_screen_rebuilds_an_expired_list(served: Serve, redis_of: redis.Redis) -> None:
-    redis_of.delete('gamelist:current')
-    client = await Recorder(served.url).connect()
+async def test_main_screen_rebuilds_an_expired_list(tmp_path: Path) -> None:
+    # the service answers main:screen from memory until the list's TTL runs out, so let a short TTL lapse
+    data = shipped_data()
+    data['lists']['current']['ttl'] = '2s'
+    data['schedules'][0]['every'] = '1h'
+    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    (instance,) = running(tmp_path / '.gamelist', serve.config)
+    redis_of = redis.Redis.from_url(instance.redis_url)
+    client = await Recorder(serve.url).connect()
     try:
+        first = await client.call('main:screen')
+        assert await async_wait_until(lambda: not redis_of.exists('gamelist:current'), timeout_s=10)
         reply = await client.call('main:screen')
-        assert_envelope(reply, 'main:screen', 'Current game list')
+        assert reply['event'] == 'main:screen' and reply['data']['total_games'] == 5
+        assert reply['data']['version'] > first['data']['version']
         stored = json.loads(redis_of.get('gamelist:current') or b'{}')
         assert stored['version'] == reply['data']['version']
-        assert 0 < redis_of.ttl('gamelist:current') <= 300
+        assert 0 < redis_of.pttl('gamelist:current') <= 2000
         # the rebuild is broadcast, as a scheduled tick would be
-        await client.wait_for('game_list:updated', '/')
+        assert await async_wait_until(lambda: reply['data']['version'] in versions_seen(client, '/'))
     finally:
         await client.close()
+        redis_of.close()
+        assert serve.stop() == 0
 
 
 @pytest.mark.parametrize('transport', TRANSPORTS)
@@ -385,6 +405,7 @@ def _answers(serve: Serve) -> bool:
 def test_json_log_format(tmp_path: Path) -> None:
     config = write_config(tmp_path / 'games.yaml', shipped_data())
     serve = Serve(tmp_path, config, free_port(), global_args=('--log-format', 'json')).start()
+    assert wait_until(lambda: 'Redis SET gamelist:current' in serve.log())
     assert serve.stop() == 0
     lines = [json.loads(line) for line in serve.log().splitlines() if line.strip()]
     assert any(entry['message'].startswith('Redis SET gamelist:current') for entry in lines)

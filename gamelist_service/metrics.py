@@ -1,0 +1,77 @@
+"""Prometheus metrics (prometheus-client). With several workers, serve sets PROMETHEUS_MULTIPROC_DIR before any
+process imports this module, and /metrics adds up what every worker wrote there."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import generate_latest as _generate_latest
+
+MULTIPROC_ENV = 'PROMETHEUS_MULTIPROC_DIR'
+
+CONNECTED_CLIENTS = Gauge(
+    'gamelist_connected_clients',
+    'Socket.IO clients connected, per namespace',
+    ['namespace'],
+    multiprocess_mode='livesum',
+)
+BROADCASTS = Counter('gamelist_broadcasts', 'Broadcasts sent, per list and namespace', ['list', 'namespace'])
+BROADCAST_SECONDS = Histogram(
+    'gamelist_broadcast_duration_seconds',
+    'Time to emit one list to every local client of its namespaces',
+    ['list'],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SCHEDULE_RUNS = Counter('gamelist_schedule_runs', 'Schedule runs, per schedule and result', ['schedule', 'result'])
+REDIS_ERRORS = Counter('gamelist_redis_errors', 'Redis operations that failed, per operation', ['operation'])
+RELOAD_SUCCESS = Gauge(
+    'gamelist_config_last_reload_successful',
+    'Whether the last configuration reload attempt succeeded (1) or not (0)',
+    multiprocess_mode='livemin',
+)
+RELOAD_TIME = Gauge(
+    'gamelist_config_last_reload_success_timestamp_seconds',
+    'When the configuration in use was loaded',
+    multiprocess_mode='livemax',
+)
+CONFIG_GENERATION = Gauge(
+    'gamelist_config_generation',
+    'Configuration generation: 1 at start, +1 per applied reload',
+    multiprocess_mode='livemax',
+)
+CONFIG_HASH = Gauge(
+    'gamelist_config_info', 'The configuration in use (1 for its SHA-256)', ['sha256'], multiprocess_mode='livemax'
+)
+RELOAD_SUCCESS.set(1)  # every process starts on a configuration that validated (the main one included)
+LEADER = Gauge(
+    'gamelist_scheduler_leader',
+    'Processes of this instance that hold the scheduler lease (0 or 1)',
+    multiprocess_mode='livesum',
+)
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def config_loaded(generation: int, digest: str, loaded_at: float, previous_digest: str | None = None) -> None:
+    if previous_digest and previous_digest != digest:
+        CONFIG_HASH.labels(previous_digest).set(0)
+    CONFIG_HASH.labels(digest).set(1)
+    CONFIG_GENERATION.set(generation)
+    RELOAD_TIME.set(loaded_at)
+    RELOAD_SUCCESS.set(1)
+
+
+def generate_latest() -> bytes:
+    """The exposition text: this process's metrics, or every worker's in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return _generate_latest(registry)
+    return _generate_latest(REGISTRY)
+
+
+__all__ = ['CONTENT_TYPE_LATEST', 'generate_latest']

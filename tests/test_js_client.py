@@ -1,0 +1,98 @@
+"""The official socket.io JS client (socket.io-client from npm, bench/node) against `gamelist-service serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gamelist_service.instances import running
+
+from .conftest import free_port
+from .helpers import ROOT, Serve, shipped_data, write_config
+
+NODE_DIR = ROOT / 'bench' / 'node'
+SCRIPT = NODE_DIR / 'js_client_check.js'
+NAME = 'Покер ♠ café 🎲'
+
+
+def node_ready() -> str | None:
+    """Why the JS client cannot run here, or None. In CI (CI set) a missing Node is a failure, not a skip."""
+    if shutil.which('node') is None or shutil.which('npm') is None:
+        return 'node and npm are not installed'
+    if not (NODE_DIR / 'node_modules' / 'socket.io-client').is_dir():
+        return 'socket.io-client is not installed: run npm ci --prefix bench/node'
+    return None
+
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    reason = node_ready()
+    if reason is not None:
+        if os.environ.get('CI'):
+            pytest.fail(f'CI must run the JS client test: {reason}')
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp('jsclient')
+    data = shipped_data()
+    data['schedules'][0]['every'] = '1h'
+    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
+    yield serve
+    assert serve.stop() == 0
+
+
+@pytest.mark.parametrize('transport', ['websocket', 'polling'])
+def test_official_js_client_gets_broadcasts_and_acks(served: Serve, transport: str) -> None:
+    child = subprocess.Popen(
+        ['node', str(SCRIPT), served.url, transport],
+        cwd=NODE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        lines: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            lines.append(json.loads(line))
+            if lines[-1].get('ready'):
+                break
+        failed = child.stderr.read() if child.stderr is not None and child.poll() is not None else ''
+        assert lines and lines[-1].get('ready'), (lines, failed)
+        (instance,) = running(served.workdir / '.gamelist', served.config)
+        client = redis.Redis.from_url(instance.redis_url)
+        try:
+            data = {'gamelist': [{'game_id': 'g', 'game_name': NAME}], 'total_games': 1, 'version': 10**6}
+            client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': data}))
+        finally:
+            client.close()
+        rest, err = child.communicate(timeout=20)
+        lines += [json.loads(line) for line in rest.splitlines() if line.strip()]
+        assert child.returncode == 0, (lines, err)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)
+    screens = [line for line in lines if line.get('event') == 'main:screen']
+    assert {line['ns'] for line in screens} == {'/', '/gameplay'}
+    assert all(line['message'] == 'Current game list' and line['total_games'] in (1, 5) for line in screens)
+    assert all(line['transport'] == transport for line in screens)
+    updates = [line for line in lines if line.get('event') == 'game_list:updated' and line['version'] == 10**6]
+    assert {line['ns'] for line in updates} == {'/', '/gameplay'}
+    assert all(line['game_name'] == NAME for line in updates)
+    assert lines[-1] == {'done': True}
+
+
+def test_node_dir_is_locked() -> None:
+    assert (NODE_DIR / 'package-lock.json').is_file()
+    assert isinstance(Path(NODE_DIR / 'package.json').read_text(), str)
