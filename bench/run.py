@@ -299,8 +299,7 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
                 spy.wait(30)
             except subprocess.TimeoutExpired:
                 stop_process(spy)
-        gen.command('stats')
-        stats = gen.read('stats', 60)
+        stats = drain(gen, versions, run.joined, args.drain)
         run.disconnected = stats['disconnected_after_join']
         for i, version in enumerate(versions):
             got = stats['versions'].get(str(version), {})
@@ -340,7 +339,27 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
         if gen is not None:
             gen.close()
         stop_process(proc)
+    if spec.kind == 'py':  # say which broadcast path the server used
+        text = (workdir / f'{spec.name}-{port}.log').read_text(errors='replace')
+        path = 'fast path on' if 'broadcast fast path on' in text else 'plain path'
+        log(f'  {spec.name}: {path}' + (' (fast path disabled at run time)' if 'fast path disabled' in text else ''))
     return run
+
+
+def drain(gen: LoadGen, versions: list[int], joined: int, limit_s: float) -> Any:
+    """The generator's stats once every broadcast reached every client, or nothing arrived for 2 s, or limit_s."""
+    deadline = time.monotonic() + limit_s
+    last, still_since = -1, time.monotonic()
+    while True:
+        gen.command('stats')
+        stats = gen.read('stats', 60)
+        got = sum(sum(stats['versions'].get(str(v), {}).get('counts', {}).values()) for v in versions)
+        now = time.monotonic()
+        if got != last:
+            last, still_since = got, now
+        if got >= 2 * joined * len(versions) or now - still_since >= 2.0 or now >= deadline:
+            return stats
+        time.sleep(0.5)
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
@@ -450,9 +469,8 @@ def workers_table(results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
         if not one or not two or not one['spread_ms'] or not two['spread_ms']:
             continue
         cap1, cap2 = one['received_min'] / one['spread_ms'], two['received_min'] / two['spread_ms']
-        rows.append(
-            f'| {n:,} | {one["spread_ms"]:.1f} | {two["spread_ms"]:.1f} | {cap1:.1f} | {cap2:.1f} | {cap2 / cap1:.2f} |'
-        )
+        ratio = f'{cap2 / cap1:.2f}' if cap1 else '-'
+        rows.append(f'| {n:,} | {one["spread_ms"]:.1f} | {two["spread_ms"]:.1f} | {cap1:.1f} | {cap2:.1f} | {ratio} |')
     if not rows:
         return []
     return [
@@ -500,6 +518,9 @@ def main() -> int:
     parser.add_argument('--rate', type=int, default=1000, help='client connects per second')
     parser.add_argument('--ramp-deadline', type=float, default=90.0)
     parser.add_argument('--settle', type=float, default=2.0)
+    parser.add_argument(
+        '--drain', type=float, default=15.0, help='at most this long for late frames after the last broadcast'
+    )
     parser.add_argument('--screen-seconds', type=float, default=5.0)
     parser.add_argument('--screen-clients', type=int, default=100)
     parser.add_argument('--out', type=Path, default=None, help='default bench/RESULTS.md (smoke: a temp file)')
@@ -556,8 +577,8 @@ def main() -> int:
     out = args.out or (
         Path(tempfile.gettempdir()) / 'gamelist-bench-smoke.md' if args.smoke else ROOT / 'bench' / 'RESULTS.md'
     )
-    write_report(out, args, results)
     out.with_suffix('.json').write_text(json.dumps({'results': results, 'runs': raw}, indent=1, default=str))
+    write_report(out, args, results)
     print(out.read_text())
     log(f'wrote {out} and {out.with_suffix(".json")}')
     ok = all(

@@ -12,7 +12,7 @@ from typing import Any
 from sanic import Sanic
 from sanic.config import Config
 
-from . import api, metrics, page, routes
+from . import api, metrics, page, protocol, routes
 from .exceptions import GamelistError
 from .reload import Launch, ReloadStatus, load_for_reload
 from .service import GamelistService
@@ -59,6 +59,7 @@ def create_app(
 
     service = GamelistService(settings, store, emit)
     sio = create_server(service, ASYNC_MODE)
+    protocol.install(sio)  # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback
     sio.attach(app)
     app.ctx.settings = settings
     app.ctx.store = store

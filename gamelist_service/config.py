@@ -17,11 +17,15 @@ from typing import Any
 import jsonschema
 from croniter import croniter
 
-from ._yaml import Document, JsonPath, Problem, format_path, load_document
+from ._yaml import Document, JsonPath, Problem, format_path, load_document, printable
+from .auth import key_problem
 from .durations import parse_duration
 from .exceptions import ConfigError
 from .settings import (
+    AuthSettings,
     GameTemplate,
+    JwtSettings,
+    LimitSettings,
     ListSettings,
     NamespaceSettings,
     PlayerCounts,
@@ -30,12 +34,14 @@ from .settings import (
     ServerSettings,
     Settings,
 )
+from .store import redact_url
 
 DEFAULT_CONFIG_PATH = Path('config/games.yaml')
 ENV_REDIS_URL = 'GAMELIST_REDIS_URL'
 ENV_PORT = 'GAMELIST_PORT'
 ENV_STATE_DIR = 'GAMELIST_STATE_DIR'
 SCHEMA_FILE = 'games.schema.json'
+_REDIS_URL_KINDS = 'embedded, redis://, rediss://, redis+sentinel:// or unix://'
 
 
 @cache
@@ -79,6 +85,14 @@ def _explain(doc: Document, error: jsonschema.ValidationError) -> Iterator[Probl
     line, col = doc.position(path)
     if error.validator == 'oneOf' and set(sub.get('properties', {})) >= {'every', 'cron'}:
         yield Problem(line, col, path, "needs exactly one of 'every' (an interval) or 'cron' (an expression)")
+        return
+    if path == ('redis', 'url') and error.validator == 'pattern':  # a URL may carry a password: never echo it
+        yield Problem(line, col, path, f'{redact_url(str(error.instance))!r} is not {_REDIS_URL_KINDS}')
+        return
+    if error.validator == 'oneOf' and set(sub.get('properties', {})) >= {'secret_env', 'public_key_env'}:
+        yield Problem(
+            line, col, path, "needs exactly one of 'secret_env' (an HMAC secret) or 'public_key_env' (a public key)"
+        )
         return
     if error.validator in ('oneOf', 'anyOf') and error.context:
         # the branch the value has the shape of says more than "'all' was expected" for [] or a repeated id
@@ -250,8 +264,40 @@ def _env_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
                 line,
                 col,
                 ('redis', 'url'),
-                f'{ENV_REDIS_URL}={url!r} from the environment is not embedded, redis://, rediss:// or unix://',
+                f'{ENV_REDIS_URL}={redact_url(url)!r} from the environment is not {_REDIS_URL_KINDS}',
             )
+    yield from _tolerant(_auth_problems(doc, env))
+
+
+def _auth_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
+    """Each namespace's secret is named in the file and held in the environment: it must be set, and fit its use."""
+    for ns, conf in doc.data['namespaces'].items():
+        auth = (conf or {}).get('auth')
+        if not isinstance(auth, dict):
+            continue
+        if auth.get('mode') == 'token' and isinstance(auth.get('token_env'), str):
+            path: JsonPath = ('namespaces', ns, 'auth', 'token_env')
+            if not env.get(auth['token_env']):
+                yield _at(doc, path, _unset(auth['token_env'], f'the shared secret of namespace {ns}'))
+        jwt_conf = auth.get('jwt')
+        if auth.get('mode') != 'jwt' or not isinstance(jwt_conf, dict):
+            continue
+        for key_field, what in (('secret_env', 'the JWT secret'), ('public_key_env', 'the JWT public key (PEM)')):
+            name = jwt_conf.get(key_field)
+            if not isinstance(name, str):
+                continue
+            path = ('namespaces', ns, 'auth', 'jwt', key_field)
+            key = env.get(name)
+            if not key:
+                yield _at(doc, path, _unset(name, f'{what} of namespace {ns}'))
+                continue
+            problem = key_problem(tuple(jwt_conf.get('algorithms', ['HS256'])), key, key_field)
+            if problem:
+                yield _at(doc, path, f'{name} {problem}' if problem.startswith(('does', 'is')) else problem)
+
+
+def _unset(name: str, what: str) -> str:
+    return f'environment variable {name} is not set (or empty); it must hold {what}'
 
 
 def check_text(text: str, env: Mapping[str, str]) -> tuple[Document, list[Problem]]:
@@ -270,7 +316,8 @@ def check_text(text: str, env: Mapping[str, str]) -> tuple[Document, list[Proble
 
 
 def format_problem(path: Path | str, problem: Problem) -> str:
-    return f'{path}:{problem.line}:{problem.column}: {format_path(problem.path)}: {problem.message}'
+    # one line per problem: a key or value quoted into a message may hold a line break
+    return f'{path}:{problem.line}:{problem.column}: {format_path(problem.path)}: {printable(problem.message)}'
 
 
 def load_settings(path: Path | str, env: Mapping[str, str] | None = None) -> Settings:
@@ -334,6 +381,7 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             name=name,
             list=(conf or {}).get('list') or next(lst.name for lst in lists if name in lst.namespaces),
             send_list_on_connect=bool((conf or {}).get('send_list_on_connect', False)),
+            auth=_auth((conf or {}).get('auth') or {}, env),
         )
         for name, conf in data['namespaces'].items()
     )
@@ -361,6 +409,7 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             max_http_buffer_size=server['max_http_buffer_size'],
             sticky_sessions=server['sticky_sessions'],
             fast_broadcast=server['fast_broadcast'],
+            trust_forwarded_for=server['trust_forwarded_for'],
         ),
         redis=RedisSettings(
             url=env.get(ENV_REDIS_URL) or redis['url'],
@@ -374,7 +423,36 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
         lists=lists,
         schedules=schedules,
         leader_lease_s=parse_duration(data.get('leader', {}).get('lease', '5s')),
+        limits=_limits(_defaults('limits') | data.get('limits', {})),
     )
+
+
+def _limits(limits: dict[str, Any]) -> LimitSettings:
+    return LimitSettings(
+        events_per_second=float(limits['events_per_second']),
+        burst=limits['burst'],
+        max_connections_per_ip=limits['max_connections_per_ip'],
+        over_limit=limits['over_limit'],
+    )
+
+
+def _auth(auth: dict[str, Any], env: Mapping[str, str]) -> AuthSettings:
+    """A namespace's auth with its secret read from the environment (checked to be there by _auth_problems)."""
+    if auth.get('mode') == 'token':
+        return AuthSettings('token', token_env=auth['token_env'], token=env.get(auth['token_env'], ''))
+    if auth.get('mode') == 'jwt':
+        conf = auth['jwt']
+        key_env = conf.get('secret_env') or conf['public_key_env']
+        jwt = JwtSettings(
+            issuer=conf['issuer'],
+            audience=conf['audience'],
+            algorithms=tuple(conf.get('algorithms', ['HS256'])),
+            leeway_s=parse_duration(conf.get('leeway', 0)),
+            key_env=key_env,
+            key=env.get(key_env, ''),
+        )
+        return AuthSettings('jwt', jwt=jwt)
+    return AuthSettings()
 
 
 def _game(game: dict[str, Any], now: str) -> GameTemplate:

@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -48,10 +50,24 @@ def find_redis_server() -> str:
     )
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL('libc.so.6', use_errno=True)
+    except OSError:
+        return None
+
+
+# loaded here, not in the child: a restart forks from the supervisor thread, and a child of a threaded process must
+# not take the dynamic loader's lock between fork and exec
+_LIBC = _load_libc()
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the redis-server gets SIGTERM if serve dies, even by SIGKILL, so it is never left behind.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # Linux: the redis-server gets SIGTERM if serve dies, even by SIGKILL, so it is never left behind. (The "parent"
+    # is the thread that started it: serve's main thread, or the supervisor thread, which lives as long as serve.)
+    if _LIBC is not None:
+        with contextlib.suppress(Exception):
+            _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     os.setpgrp()  # Ctrl-C in a terminal reaches serve, which stops Redis itself, in order
 
 
@@ -113,7 +129,7 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - serve starts Redis before any thread exists
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe enough: a syscall via preloaded libc
             )
         except OSError as exc:
             raise EmbeddedRedisError(f'cannot run redis-server {binary}: {exc}') from exc
@@ -141,6 +157,11 @@ class EmbeddedRedis:
         self.stop()
         raise EmbeddedRedisError(f'embedded redis-server did not answer on {self.socket} within {timeout_s:g}s')
 
+    def restart(self) -> str:
+        """Start again on the same socket, after the process died (or to replace it)."""
+        self.stop()
+        return self.start()
+
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -161,3 +182,98 @@ class EmbeddedRedis:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         logger.info('embedded Redis stopped (pid %d, exit %s)', process.pid, process.returncode)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return 'did not answer'
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f'killed by {signal.Signals(-code).name}'
+    return f'exit code {code}'
+
+
+class Supervisor:
+    """Restarts the embedded Redis on the same socket when it dies, from a thread of serve's main process.
+
+    Clients of the socket (every worker) reconnect by themselves. Each restart waits a little longer (backoff); when
+    Redis dies more than max_restarts times within window_s, the supervisor gives up: failure says why, and
+    on_give_up is called (serve stops and exits with that message and code 1).
+    """
+
+    POLL_S = 0.1
+
+    def __init__(
+        self,
+        embedded: EmbeddedRedis,
+        on_give_up: Callable[[], None],
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        backoff_s: float = 0.2,
+        backoff_cap_s: float = 5.0,
+    ) -> None:
+        self.embedded = embedded
+        self.on_give_up = on_give_up
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self.backoff_cap_s = backoff_cap_s
+        self.restarts = 0
+        self.failure: str | None = None
+        self._deaths: list[float] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name='embedded-redis-supervisor', daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop watching (before the embedded Redis is stopped on purpose)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.POLL_S):
+            process = self.embedded.process
+            if process is not None and process.poll() is None:
+                continue
+            code = process.returncode if process is not None else None
+            pid = process.pid if process is not None else 0
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < self.window_s] + [now]
+            if len(self._deaths) > self.max_restarts:
+                self.failure = (
+                    f'the embedded Redis (socket {self.embedded.socket}) died {len(self._deaths)} times within '
+                    f'{self.window_s:g}s, last {describe_exit(code)}; not restarting it again, serve stops. '
+                    f'See {self.embedded.directory / "redis.log"}'
+                )
+                logger.error('%s', self.failure)
+                self.on_give_up()
+                return
+            delay = min(self.backoff_s * 2 ** (len(self._deaths) - 1), self.backoff_cap_s)
+            logger.warning(
+                'embedded Redis (pid %d) %s; restarting it on %s in %.1fs (%d of at most %d restarts within %gs)',
+                pid,
+                describe_exit(code),
+                self.embedded.socket,
+                delay,
+                len(self._deaths),
+                self.max_restarts,
+                self.window_s,
+            )
+            if self._stopping.wait(delay):
+                return
+            try:
+                self.embedded.restart()
+            except EmbeddedRedisError as exc:
+                logger.error('embedded Redis restart failed: %s', exc)
+                continue
+            self.restarts += 1
+            logger.warning('embedded Redis restarted (pid %d); it starts empty unless persistence is on', self.pid)
+
+    @property
+    def pid(self) -> int:
+        process = self.embedded.process
+        return process.pid if process is not None else 0

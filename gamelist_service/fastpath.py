@@ -110,15 +110,10 @@ def create_manager(enabled: bool) -> socketio.AsyncManager:
 
 
 def install(sio: socketio.AsyncServer) -> None:
-    """Record each connection's Sanic websocket for the fast path: a per-server copy of engineio's driver table."""
+    """Record each connection's Sanic websocket for the fast path (see wrap_driver), and route single packets."""
     manager = sio.manager
-    if not isinstance(manager, FastAsyncManager):
+    if not isinstance(manager, FastAsyncManager) or not wrap_driver(manager, sio.eio):
         return
-    table = getattr(sio.eio, '_async', None)
-    if not isinstance(table, dict) or table.get('websocket') is not _eio_sanic.WebSocket:
-        manager.disable(f"engineio's websocket driver is {table and table.get('websocket')!r}, not Sanic's")
-        return
-    sio.eio._async = {**table, 'websocket': _fast_websocket_class()}
     manager.installed = True
     # single packets (acks of main:screen, CONNECT replies) take the same direct write when the client is idle
     plain_send_packet = sio._send_packet
@@ -134,9 +129,30 @@ def install(sio: socketio.AsyncServer) -> None:
     logger.info('broadcast fast path on: one encode and one frame per broadcast, written to idle websockets')
 
 
-def _fast_websocket_class() -> Any:
-    class FastWebSocket(_eio_sanic.WebSocket):  # type: ignore[misc]
+def wrap_driver(manager: FastAsyncManager, eio: Any) -> bool:
+    """Make engineio's websocket class (in this server's copy of the driver table) record the Sanic websocket.
+
+    Whatever class is there (Sanic's, or a subclass that other code installed) gets a subclass that also stores the
+    Sanic websocket on its AsyncSocket. Called at install, when the first client connects (manager.initialize) and
+    before each fast emit, so a table replaced later is wrapped again; a connection opened meanwhile simply takes the
+    normal path. False (and the fast path off) when the class is not python-engineio's Sanic websocket.
+    """
+    table: Any = getattr(eio, '_async', None)
+    cls = table.get('websocket') if isinstance(table, dict) else None
+    if getattr(cls, '_gamelist_records_sanic_ws', False):
+        return True
+    if not (isinstance(cls, type) and issubclass(cls, _eio_sanic.WebSocket)):
+        manager.disable(f"engineio's websocket driver is {cls!r}, not Sanic's")
+        return False
+    eio._async = {**table, 'websocket': _recording_subclass(cls)}
+    return True
+
+
+def _recording_subclass(base: type) -> type:
+    class RecordingWebSocket(base):  # type: ignore[misc]
         """engineio's Sanic websocket wrapper that also stores the Sanic websocket on its AsyncSocket."""
+
+        _gamelist_records_sanic_ws = True
 
         async def wait(self) -> Any:
             if self._sock is not None:
@@ -145,7 +161,8 @@ def _fast_websocket_class() -> Any:
                     setattr(owner, SANIC_WS_ATTR, self._sock)
             return await super().wait()
 
-    return FastWebSocket
+    RecordingWebSocket.__name__ = RecordingWebSocket.__qualname__ = f'Recording{base.__name__}'
+    return RecordingWebSocket
 
 
 class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
@@ -171,6 +188,11 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._flush_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def initialize(self) -> None:
+        super().initialize()
+        if self.installed:
+            wrap_driver(self, self.server.eio)
+
     def disable(self, reason: str) -> None:
         if self.enabled:
             self.enabled = False
@@ -194,6 +216,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             or not self.installed
             or eio is None
             or eio.logger.isEnabledFor(logging.INFO)  # AsyncSocket.send logs every packet at INFO
+            or not wrap_driver(self, eio)
         ):
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs)
             return

@@ -111,5 +111,7 @@ def running(state_root: Path, config: Path | None = None, port: int | None = Non
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text, encoding='utf-8')
+    # owner only: instance.json holds the Redis URL, which may carry a password
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w', encoding='utf-8') as file:
+        file.write(text)
     os.replace(tmp, path)

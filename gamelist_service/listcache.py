@@ -3,8 +3,10 @@
 Filled from the updates this process broadcasts (every write of every instance is published on gamelist:updates) and
 from reads of Redis. An entry never outlives the list's key in Redis: it expires with the TTL, counted from the
 list's updated_at (written before the key) or, after a read, from Redis's PTTL, less a safety margin. A newer version
-is never replaced by an older one, so a late read cannot undo an update that arrived meanwhile. What it cannot see is
-a key deleted by hand before its TTL: that is served from memory until the TTL would have ended.
+is never replaced by an older one, so a late read cannot undo an update that arrived meanwhile; the service drops
+the entry when an older version is broadcast (versions start again in an emptied or restarted Redis), so Redis is
+read next. What it cannot see is a key deleted by hand before its TTL: that is served from memory until the TTL would
+have ended.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class ListCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def discard(self, name: str) -> None:
+        self._entries.pop(name, None)
 
     def version(self, name: str) -> int | None:
         entry = self._entries.get(name)

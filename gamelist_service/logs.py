@@ -5,10 +5,36 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.LogRecord('', 0, '', 0, '', None, None))) | {'message', 'asctime', 'taskName'}
+
+# A last line of defence: whatever a message quotes, these never reach a log (the code redacts them itself too).
+_SECRETS = (
+    (re.compile(r'(\b(?:rediss?(?:\+sentinel)?|unix)://[^:@/\s]*:)[^@\s]+@', re.IGNORECASE), r'\1***@'),
+    (re.compile(r'(\b(?:sentinel_)?password=)[^&\s]+', re.IGNORECASE), r'\1***'),
+    (re.compile(r'(\bBearer\s+)[^\s\'",]+', re.IGNORECASE), r'\1***'),
+)
+
+
+def redact(text: str) -> str:
+    """text without Redis passwords (in URLs or password=) and bearer tokens."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in every record's message before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,8 +68,14 @@ def default_log_config(verbose: bool = False, log_format: str = 'text') -> dict[
         'version': 1,
         'disable_existing_loggers': False,
         'formatters': {'default': formatter},
+        'filters': {'redact': {'()': RedactSecrets}},
         'handlers': {
-            'default': {'class': 'logging.StreamHandler', 'formatter': 'default', 'stream': 'ext://sys.stderr'}
+            'default': {
+                'class': 'logging.StreamHandler',
+                'formatter': 'default',
+                'stream': 'ext://sys.stderr',
+                'filters': ['redact'],
+            }
         },
         'loggers': {
             'gamelist_service': {'handlers': ['default'], 'level': level, 'propagate': False},

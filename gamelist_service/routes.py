@@ -96,5 +96,5 @@ def error_response(request: Request, exc: Exception) -> HTTPResponse:
         return json({'status': 'error', 'message': message}, status=exc.status_code)
     if isinstance(exc, SanicException):
         return json({'status': 'error', 'message': str(exc) or exc.__class__.__name__}, status=exc.status_code)
-    logger.exception('%s %s failed unexpectedly', request.method, request.path)
+    logger.error('%s %s failed unexpectedly', request.method, request.path, exc_info=exc)
     return json({'status': 'error', 'message': 'internal error'}, status=500)

@@ -17,7 +17,8 @@ from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
 from . import instances
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, Supervisor
+from .exceptions import EmbeddedRedisError
 from .logs import setup_logging
 from .reload import Launch
 
@@ -32,14 +33,20 @@ _WORKER_ENV = 'GAMELIST_WORKER_LAUNCH'  # how worker processes learn what the ma
 
 def serve(launch: Launch) -> int:
     """Run until SIGINT or SIGTERM; returns the exit code."""
+    # SIGHUP's default action is to exit: until the service can reload, an early `systemctl reload` is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = launch.load()
     server = settings.server
     directory = instances.claim(settings.redis.state_dir, server.port, settings.source)
     embedded: EmbeddedRedis | None = None
+    supervisor: Supervisor | None = None
     try:
         if settings.redis.embedded:
             embedded = EmbeddedRedis(directory, persistence=settings.redis.persistence)
             redis_url = embedded.start()
+            # if it dies it is restarted on the same socket; if it keeps dying, serve stops (SIGTERM to itself)
+            supervisor = Supervisor(embedded, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))
+            supervisor.start()
         else:
             redis_url = settings.redis.url
         instances.publish(directory, server.port, settings.source, redis_url)
@@ -60,9 +67,13 @@ def serve(launch: Launch) -> int:
         else:
             _serve_workers(launch, redis_url, run_kwargs)
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if embedded is not None:
             embedded.stop()
         instances.release(directory)
+    if supervisor is not None and supervisor.failure:
+        raise EmbeddedRedisError(supervisor.failure)
     return 0
 
 

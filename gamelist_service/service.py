@@ -20,9 +20,12 @@ from .leader import Leadership, RedisLedger, process_identity
 from .listcache import ListCache
 from .scheduler import Scheduler
 from .settings import ListSettings, ScheduleSettings, Settings
-from .store import UPDATES_CHANNEL, Store
+from .store import UPDATES_CHANNEL, Store, redact_url
 
 logger = logging.getLogger('gamelist_service.service')
+
+READ_TIMEOUT_S = 3.0  # main:screen and the connect-time list wait at most this long for Redis
+RESUBSCRIBE_MAX_S = 5.0  # the longest backoff between attempts to subscribe to the updates again
 
 # emit(event, data, namespace) -> number of local clients it went to
 EmitFn = Callable[[str, dict[str, Any], str], Awaitable[int]]
@@ -58,6 +61,9 @@ class GamelistService:
         self.listening = asyncio.Event()
         self.broadcasts = 0
         self.lists = ListCache()  # main:screen from memory, keyed by version, expiring with the TTL
+        self._sent: dict[str, tuple[Any, Any]] = {}  # list name -> (version, updated_at) last broadcast here
+        self._caught_up: dict[str, tuple[Any, Any]] = {}  # what _catch_up sent, until the next message of that list
+        self._resubscribe = asyncio.Event()  # set to retry the updates subscription now, not after the backoff
 
     # -- producing ---------------------------------------------------------------------------------------------
 
@@ -86,12 +92,12 @@ class GamelistService:
         cached = self.lists.get(lst) if self.listening.is_set() else None
         if cached is not None:
             return cached
-        data = await self.store.read_list(lst.key)
+        data = await self._read(lst.key)
         if data is not None:
             await self.lists.fill(self.store, lst, data)
             return data
         async with self._lock(list_name):  # many clients asking at once cause one rebuild
-            data = await self.store.read_list(lst.key)
+            data = await self._read(lst.key)
             if data is not None:
                 return data
             logger.info('list %s has expired from Redis (%s): rebuilding it', list_name, lst.key)
@@ -99,6 +105,16 @@ class GamelistService:
             stored = await self.write_and_announce(lst, data)
             self.lists.remember(lst, stored)
             return stored
+
+    async def _read(self, key: str) -> dict[str, Any] | None:
+        """read_list within READ_TIMEOUT_S: a client asking for the list gets an error, not a wait, from a hung Redis."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                return await self.store.read_list(key)
+        except TimeoutError:
+            raise StoreError(
+                f'Redis at {redact_url(self.store.url)} did not answer GET {key} within {READ_TIMEOUT_S:g}s'
+            ) from None
 
     async def _scheduled(self, schedule: ScheduleSettings) -> None:
         try:
@@ -126,7 +142,11 @@ class GamelistService:
         except KeyError:
             logger.warning('update for unknown list %r ignored (not in %s)', list_name, self.settings.source)
             return 0
-        self.lists.remember(lst, data)
+        if not self.lists.remember(lst, data):
+            # older than the list held: versions start again in an emptied or restarted Redis (or two writers'
+            # messages crossed). Redis decides: the next main:screen reads it instead of serving the held list.
+            self.lists.discard(lst.name)
+        self._sent[lst.name] = (data.get('version'), data.get('updated_at'))
         message = envelope(data, lst.event)
         total = 0
         started = time.perf_counter()
@@ -148,6 +168,8 @@ class GamelistService:
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning('malformed message on %s ignored: %s', UPDATES_CHANNEL, exc)
             return
+        if self._caught_up.pop(list_name, None) == (data.get('version'), data.get('updated_at')):
+            return  # written before the catch-up read it, published after the subscription: already sent
         await self.broadcast(list_name, data)
 
     async def listen(self) -> None:
@@ -158,9 +180,10 @@ class GamelistService:
             try:
                 await pubsub.subscribe(UPDATES_CHANNEL)
                 self.lists.clear()  # updates may have been missed while not subscribed
-                self.listening.set()
                 if self.redis_error:
                     logger.warning('Redis is back: subscribed to %s again', UPDATES_CHANNEL)
+                    await self._catch_up()
+                self.listening.set()
                 self.redis_error = None
                 delay = 0.1
                 async for message in pubsub.listen():
@@ -177,8 +200,23 @@ class GamelistService:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            with contextlib.suppress(TimeoutError):  # the backoff, cut short when this process takes the lease
+                await asyncio.wait_for(self._resubscribe.wait(), delay)
+            self._resubscribe.clear()
+            delay = min(delay * 2, RESUBSCRIBE_MAX_S)
+
+    async def _catch_up(self) -> None:
+        """After a lost subscription: send local clients each list written meanwhile (its broadcast was missed)."""
+        self._caught_up.clear()
+        for lst in self.settings.lists:
+            data = await self.store.read_list(lst.key)
+            if data is None:
+                continue
+            written = (data.get('version'), data.get('updated_at'))
+            if self._sent.get(lst.name) != written:
+                logger.info('list %s changed while not subscribed: sending version %s', lst.name, data.get('version'))
+                await self.broadcast(lst.name, data)
+                self._caught_up[lst.name] = written
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -194,6 +232,8 @@ class GamelistService:
         task.add_done_callback(self._tasks.discard)
 
     def _lead(self) -> None:
+        if not self.listening.is_set():
+            self._resubscribe.set()  # Redis answers again: subscribe before the first tick's broadcast
         self.scheduler.start(self.settings.schedules)
 
     async def _follow(self) -> None:

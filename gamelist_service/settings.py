@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 Status = Literal['active', 'maintenance', 'coming_soon']
+AuthMode = Literal['none', 'token', 'jwt']
+OverLimit = Literal['disconnect', 'error']
 EMBEDDED = 'embedded'
 
 
@@ -23,6 +25,7 @@ class ServerSettings:
     sticky_sessions: bool = False
     max_http_buffer_size: int = 65536
     fast_broadcast: bool = True
+    trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (only behind a proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +42,43 @@ class RedisSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """How a namespace verifies a JWT: the key (read from the environment variable key_env), issuer, audience."""
+
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...] = ('HS256',)
+    leeway_s: float = 0.0
+    key_env: str = ''
+    key: str = field(default='', repr=False)  # the secret or public key itself: never in a repr or a log
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may connect to a namespace: anyone, holders of a shared secret, or holders of a valid JWT."""
+
+    mode: AuthMode = 'none'
+    token_env: str = ''
+    token: str = field(default='', repr=False)  # the shared secret from token_env: never in a repr or a log
+    jwt: JwtSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Per-connection event rate (token bucket) and connections per client address, in this process."""
+
+    events_per_second: float = 20.0
+    burst: int = 100
+    max_connections_per_ip: int = 0  # 0: no cap
+    over_limit: OverLimit = 'disconnect'
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceSettings:
     name: str
     list: str
     send_list_on_connect: bool = False
+    auth: AuthSettings = AuthSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +138,7 @@ class Settings:
     lists: tuple[ListSettings, ...]
     schedules: tuple[ScheduleSettings, ...]
     leader_lease_s: float = 5.0
+    limits: LimitSettings = LimitSettings()
     digest: str = ''
 
     def get_list(self, name: str) -> ListSettings:

@@ -6,18 +6,20 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import jsonschema
 import socketio
 
 from . import fastpath, metrics
+from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
+from .limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, ConnectionLimiter
 from .service import GamelistService
-from .settings import NamespaceSettings
+from .settings import LimitSettings, NamespaceSettings
 
 logger = logging.getLogger('gamelist_service.sockets')
 
@@ -27,19 +29,72 @@ DEFAULT_TRANSPORTS = ('polling', 'websocket')
 
 # True while a handler runs for an event that carries an ack id (the client passed a callback).
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
+# What a handler wants done once its ack has been sent (e.g. disconnect a client over its rate).
+_after_ack: contextvars.ContextVar[list[Callable[[], Awaitable[None]]] | None] = contextvars.ContextVar(
+    'after_ack', default=None
+)
+CLOSE_GRACE_S = 1.0  # after the namespace disconnects: time for the client to close its Engine.IO session itself
 
 
 class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer that lets handlers know whether the client asked for an ack."""
+    """AsyncServer that lets handlers know whether the client asked for an ack, and counts sessions per address."""
+
+    def __init__(
+        self,
+        *args: Any,
+        limits: Callable[[], LimitSettings] = LimitSettings,
+        trust_forwarded_for: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
+        self._closing: set[asyncio.Task[None]] = set()
+        super().__init__(*args, **kwargs)
 
     async def _handle_event_internal(
         self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
     ) -> None:
+        pending: list[Callable[[], Awaitable[None]]] = []
         token = _ack_requested.set(id is not None)
+        after = _after_ack.set(pending)
         try:
             await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
         finally:
+            _after_ack.reset(after)
             _ack_requested.reset(token)
+        for job in pending:  # the ack is on its way: now act on the connection
+            await job()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        ip = self.limiter.client_ip(environ)
+        if self.limiter.refuse_handshake(ip):
+            logger.warning('refused a connection from %s: it holds too many already', ip)
+            return {'message': TOO_MANY_CONNECTIONS}  # Engine.IO answers 401 with this body
+        self.limiter.opened(eio_sid, ip)
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        try:
+            await super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.limiter.closed(eio_sid)
+
+    async def disconnect_connection(self, eio_sid: str) -> None:
+        """Disconnect a client from every namespace (it sees each disconnect), then close its session if it stays."""
+        for namespace in list(self.manager.get_namespaces()):
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.manager.is_connected(sid, namespace):
+                await self.disconnect(sid, namespace=namespace)
+        task = asyncio.get_running_loop().create_task(self._close_later(eio_sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, eio_sid: str) -> None:
+        await asyncio.sleep(CLOSE_GRACE_S)
+        if eio_sid in self.eio.sockets:
+            try:
+                await asyncio.wait_for(self.eio.disconnect(eio_sid), CLOSE_GRACE_S * 5)
+            except Exception as exc:  # noqa: BLE001 - a background task: log, never raise into the loop
+                logger.info('closing the session of a client over its limit: %s', exc)
 
 
 def error_ack(message: str) -> dict[str, str]:
@@ -60,6 +115,12 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         """Route 'main:screen' to on_main_screen; unknown events get an error ack; no exception reaches the client."""
+        if event == 'connect':
+            return await self._connect(*args)
+        if event != 'disconnect' and args:
+            refused = self._over_rate(args[0])
+            if refused is not None:
+                return refused
         handler = getattr(self, 'on_' + event.replace(':', '_'), None) if isinstance(event, str) else None
         if handler is None or event.startswith('_') or '__' in event:
             logger.info('unknown event %r from %s on %s', event, args[0] if args else '?', self.namespace)
@@ -75,7 +136,56 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             logger.exception('event %s on %s failed unexpectedly', event, self.namespace)
             return error_ack('internal error')
 
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        """on_connect, failing closed: an unexpected error refuses the client with a generic message."""
+        try:
+            return await self.on_connect(sid, environ, auth)
+        except socketio.exceptions.ConnectionRefusedError:
+            raise
+        except Exception:
+            logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
+            raise socketio.exceptions.ConnectionRefusedError('internal error') from None
+
+    def _over_rate(self, sid: str) -> dict[str, str] | None:
+        """None if the client may send this event; else the error ack (and, with over_limit disconnect, its end)."""
+        limiter: ConnectionLimiter | None = getattr(self.server, 'limiter', None)
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace) if limiter is not None else None
+        if limiter is None or eio_sid is None or limiter.allow_event(eio_sid):
+            return None
+        limits = limiter.limits()
+        if limiter.trip(eio_sid):
+            logger.warning(
+                'client %s on %s is over its event rate (%g/s, burst %d); %s',
+                sid,
+                self.namespace,
+                limits.events_per_second,
+                limits.burst,
+                'disconnecting it' if limits.over_limit == 'disconnect' else 'refusing events over it',
+            )
+            if limits.over_limit == 'disconnect':
+                pending = _after_ack.get()
+                if pending is not None:
+                    pending.append(lambda: self.server.disconnect_connection(eio_sid))
+        return error_ack(RATE_LIMITED)
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        limiter: ConnectionLimiter | None = getattr(self.server, 'limiter', None)
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace) if limiter is not None else None
+        if limiter is not None and eio_sid is not None and limiter.over_cap(eio_sid):
+            logger.warning(
+                'client %s refused on %s: %s holds %d connections (limit %d)',
+                sid,
+                self.namespace,
+                limiter.address.get(eio_sid),
+                limiter.connections(eio_sid),
+                limiter.limits().max_connections_per_ip,
+            )
+            raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_CONNECTIONS)
+        try:
+            authenticate(self.settings.auth, environ, auth)
+        except AuthRefused as exc:
+            logger.warning('client %s refused on %s: %s', sid, self.namespace, exc.reason)
+            raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         self.clients.add(sid)
         metrics.CONNECTED_CLIENTS.labels(self.namespace).inc()
         since = auth.get('since') if isinstance(auth, dict) else None
@@ -167,6 +277,8 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         max_http_buffer_size=server.max_http_buffer_size,
         logger=False,
         engineio_logger=False,
+        limits=lambda: service.settings.limits,  # read on each use: a reload applies at once
+        trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
     for ns in service.settings.namespaces:

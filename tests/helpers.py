@@ -64,7 +64,9 @@ async def async_wait_until(predicate: Callable[[], bool], timeout_s: float = 10.
 class Serve:
     """`gamelist-service serve` in a subprocess, in its own working directory, on a port of its own."""
 
-    started: ClassVar[list[Serve]] = []  # conftest stops any still running at the end of the session (a test that timed out)
+    started: ClassVar[
+        list[Serve]
+    ] = []  # conftest stops any still running at the end of the session (a test that timed out)
 
     def __init__(
         self,

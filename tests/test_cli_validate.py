@@ -146,7 +146,7 @@ def test_validate_reports_bad_environment_overrides(
         f"{SHIPPED_CONFIG}:8:9: server.port: GAMELIST_PORT='99999' from the environment is not a port (1-65535)",
         (
             f"{SHIPPED_CONFIG}:17:8: redis.url: GAMELIST_REDIS_URL='http://nope' from the environment is not embedded, "
-            'redis://, rediss:// or unix://'
+            'redis://, rediss://, redis+sentinel:// or unix://'
         ),
     ]
 

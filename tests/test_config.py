@@ -309,7 +309,7 @@ def test_bad_enum_value(tmp_path: Path) -> None:
 def test_redis_url_scheme(tmp_path: Path) -> None:
     text = edit(('  url: embedded\n', '  url: http://cache:6379\n'))
     assert problems_in(tmp_path, text) == [
-        "5:8: redis.url: 'http://cache:6379' does not match '^(embedded|rediss?://.+|unix://.+)$'"
+        "5:8: redis.url: 'http://cache:6379' is not embedded, redis://, rediss://, redis+sentinel:// or unix://"
     ]
 
 
@@ -732,8 +732,8 @@ def test_gamelist_port_is_validated(tmp_path: Path, port: str) -> None:
 def test_gamelist_redis_url_is_validated(tmp_path: Path, url: str) -> None:
     assert problems_in(tmp_path, BASE, {'GAMELIST_REDIS_URL': url}) == [
         (
-            f'5:8: redis.url: GAMELIST_REDIS_URL={url!r} from the environment is not embedded, redis://, rediss:// '
-            'or unix://'
+            f'5:8: redis.url: GAMELIST_REDIS_URL={url!r} from the environment is not embedded, redis://, rediss://, '
+            'redis+sentinel:// or unix://'
         )
     ]
 
@@ -742,6 +742,9 @@ def test_env_problems_are_listed_with_the_file_problems(tmp_path: Path) -> None:
     text = edit(('    ttl: 300s\n', '    ttl: 0s\n'))
     assert problems_in(tmp_path, text, {'GAMELIST_PORT': 'x', 'GAMELIST_REDIS_URL': 'x'}) == [
         "3:9: server.port: GAMELIST_PORT='x' from the environment is not a port (1-65535)",
-        "5:8: redis.url: GAMELIST_REDIS_URL='x' from the environment is not embedded, redis://, rediss:// or unix://",
+        (
+            "5:8: redis.url: GAMELIST_REDIS_URL='x' from the environment is not embedded, redis://, rediss://, "
+            'redis+sentinel:// or unix://'
+        ),
         f"27:10: lists.main.ttl: '0s' is not a valid duration: {DURATION_HELP}",
     ]

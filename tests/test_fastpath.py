@@ -186,7 +186,7 @@ async def capture(serve: Serve, versions: range, clients: int = 3) -> list[list[
             await r._wait(lambda r=r: len(r.events()) >= want)
             # an ack (written directly by the fast path when the client is idle): an unknown event's error reply
             r.send('427["' + MARKER + ' é"]')
-            r.send('/gameplay,8["' + MARKER + ' é"]'.replace('/gameplay,8', '42/gameplay,8'))
+            r.send('42/gameplay,8["' + MARKER + ' é"]')
         for r in raw:
             await r._wait(lambda r=r: len(r.events()) >= want + 2)
         return [r.events() for r in raw]
@@ -365,3 +365,19 @@ async def test_a_client_busy_by_the_time_of_the_write_gets_the_normal_path_in_or
         await asyncio.sleep(0)
     assert transport.writes == []
     assert sent == [('eio-1', '42["e",{"n":1}]'), ('eio-1', '42/gameplay,["e",{"n":1}]')]
+
+
+def test_a_websocket_class_installed_later_is_wrapped_too() -> None:
+    from engineio.async_drivers.sanic import WebSocket  # noqa: PLC0415
+
+    class Guarded(WebSocket):  # type: ignore[misc]
+        pass
+
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    fastpath.install(sio)
+    assert sio.eio._async['websocket']._gamelist_records_sanic_ws
+    sio.eio._async = {**sio.eio._async, 'websocket': Guarded}  # as other code may do after install
+    sio.manager.initialize()  # python-socketio calls it when the first client connects
+    wrapped = sio.eio._async['websocket']
+    assert issubclass(wrapped, Guarded) and wrapped._gamelist_records_sanic_ws
+    assert sio.manager.enabled

@@ -1,0 +1,86 @@
+"""No traceback or internal detail reaches a Socket.IO client or an HTTP response; it goes to the log instead."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import socketio
+from redis.asyncio import Redis
+
+from gamelist_service import routes
+from gamelist_service.exceptions import StoreError
+from gamelist_service.settings import AuthSettings, NamespaceSettings
+from gamelist_service.sockets import GameNamespace
+
+from .conftest import free_port
+from .helpers import Recorder, Serve, http_get, shipped_data, write_config
+
+DETAIL = '/srv/internal/secret_module.py line 42: KeyError(hunter2)'
+
+
+class BrokenService:
+    """Enough of GamelistService for a namespace handler, with a list that fails in an unexpected way."""
+
+    settings = SimpleNamespace(redis=SimpleNamespace(session_ttl_s=60.0, user_ttl_s=60.0))
+
+    async def current(self, name: str) -> dict[str, Any]:
+        raise RuntimeError(DETAIL)
+
+
+async def test_an_unexpected_error_in_a_handler_gives_a_generic_ack(caplog: pytest.LogCaptureFixture) -> None:
+    namespace = GameNamespace(NamespaceSettings('/', 'current'), BrokenService())  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.sockets'):
+        reply = await namespace.trigger_event('main:screen', 'sid-1')
+    assert reply == {'status': 'error', 'message': 'internal error'}
+    assert DETAIL in caplog.text and 'Traceback' in caplog.text  # the operator still gets everything
+
+
+async def test_an_unexpected_error_on_connect_refuses_with_a_generic_message(caplog: pytest.LogCaptureFixture) -> None:
+    # a crafted, impossible auth setting (jwt without its settings) makes the connect handler fail
+    broken = NamespaceSettings('/', 'current', auth=AuthSettings('jwt'))
+    namespace = GameNamespace(broken, BrokenService())  # type: ignore[arg-type]
+    with (
+        caplog.at_level(logging.ERROR, logger='gamelist_service.sockets'),
+        pytest.raises(socketio.exceptions.ConnectionRefusedError) as caught,
+    ):
+        await namespace.trigger_event('connect', 'sid-1', {}, {'token': 'x'})
+    assert caught.value.error_args == {'message': 'internal error'}  # refused, not let in
+    assert namespace.clients == set()
+    assert 'failed unexpectedly' in caplog.text
+
+
+def test_an_unexpected_http_error_gives_a_generic_body(caplog: pytest.LogCaptureFixture) -> None:
+    request: Any = SimpleNamespace(method='GET', path='/api/v1/gamelist')
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.routes'):
+        response = routes.error_response(request, RuntimeError(DETAIL))
+    assert response.status == 500
+    assert response.body == b'{"status":"error","message":"internal error"}'
+    assert DETAIL in caplog.text
+    response = routes.error_response(request, StoreError(f'Redis at redis://:***@h failed: {DETAIL}'))
+    assert response.status == 503 and response.body is not None
+    assert DETAIL.encode() not in response.body and b'unavailable' in response.body
+
+
+async def test_corrupt_data_in_redis_shows_no_detail(tmp_path: Path, redis_client: Redis, redis_url: str) -> None:
+    data = shipped_data()
+    data['schedules'] = []
+    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url).start()
+    try:
+        await redis_client.set('gamelist:current', b'\x80 not json {')
+        status, body = http_get(serve.url + '/api/v1/gamelist')
+        assert status == 503
+        assert body == {'status': 'error', 'message': 'the game list is unavailable right now'}
+        client = await Recorder(serve.url).connect()
+        try:
+            reply = await client.call('main:screen')
+            assert reply['status'] == 'error' and 'JSON' not in reply['message'] and 'Traceback' not in str(reply)
+            assert client.sio.connected
+        finally:
+            await client.close()
+    finally:
+        assert serve.stop() == 0
+    assert 'does not hold JSON' in serve.log()  # the cause is logged for the operator
