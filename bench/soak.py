@@ -62,6 +62,7 @@ def main() -> int:
             gen = LoadGen(port, args.clients, args.rate, deadline_s=args.clients / args.rate + 120)
             ready = gen.read('ready', args.clients / args.rate + 150)
             print(f'joined {ready}', flush=True)
+            ready_at_ms = time.time() * 1000  # broadcasts from here on must reach every client
             started = time.monotonic()
             end = started + args.minutes * 60
             next_reload, next_sample, generation, reloads = started + args.reload_every, started, 1, 0
@@ -91,10 +92,13 @@ def main() -> int:
             stop_process(server)
     versions = sorted(int(v) for v in stats['versions'])
     joined = stats['joined']
-    window = versions[1:-1]  # the first and last may straddle the start and the stop
+    # from the first broadcast sent after every client had joined, to the one before the last (it may straddle the stop)
+    window = [v for v in versions if stats['versions'][str(v)]['first_at'] > ready_at_ms][:-1]
     expected = joined * 2  # each client is on / and /gameplay
     missed = sum(expected - sum(stats['versions'][str(v)]['counts'].values()) for v in window)
     gaps = [b for a, b in itertools.pairwise(window) if b != a + 1]
+    short = [(v, sum(stats['versions'][str(v)]['counts'].values())) for v in window]
+    short = [(v, got) for v, got in short if got < expected]
     lines = [
         '# Soak results',
         '',
@@ -107,7 +111,7 @@ def main() -> int:
         '|---|---|',
         f'| clients joined | {joined} of {args.clients} (failed {stats["failed"]}) |',
         f'| duration | {elapsed:.0f} s |',
-        f'| broadcasts (versions) seen in the window | {len(window)} (versions {window[0]}-{window[-1]}) |',
+        f'| broadcasts after all clients joined (the window) | {len(window)} (versions {window[0]}-{window[-1]}) |',
         f'| version gaps (a tick nobody received) | {len(gaps)} |',
         f'| missed deliveries (client x namespace x version) | {missed} of {expected * len(window)} |',
         f'| disconnects after joining | {stats["disconnected_after_join"]} |',
@@ -117,6 +121,9 @@ def main() -> int:
         ),
         f'| server CPU | {cpu_used / elapsed * 100:.1f} % of one core |',
         f'| server RSS idle -> end | {idle_kb / 1024:.1f} MB -> {samples[-1]["rss_mb"]:.1f} MB |',
+        '',
+        f'Versions not received by every client on both namespaces: {len(short)}'
+        + (': ' + ', '.join(f'{v} ({got} of {expected})' for v, got in short[:40]) if short else ''),
         '',
         '| t (s) | RSS (MB) |',
         '|---|---|',

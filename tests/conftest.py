@@ -119,6 +119,15 @@ def no_serve_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture
+def flushed(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client of the session Redis, emptied for this test."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GAMELIST_* variables from the developer's shell leak into a test."""
     for name in list(os.environ):

@@ -207,3 +207,17 @@ class Recorder:
         http = getattr(self.sio.eio, 'http', None)  # a refused client keeps its aiohttp session open
         if http is not None and not http.closed:
             await http.close()
+
+
+def redis_servers_on(socket_path: Path) -> list[int]:
+    """PIDs of live redis-server processes serving socket_path (a killed one is gone once serve has reaped it)."""
+    pids = []
+    for proc in Path('/proc').iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / 'cmdline').read_bytes()
+            except OSError:
+                continue
+            if b'redis-server' in cmdline and str(socket_path).encode() in cmdline:
+                pids.append(int(proc.name))
+    return pids

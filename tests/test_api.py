@@ -37,14 +37,6 @@ GAME = {
 }
 
 
-@pytest.fixture
-def flushed(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.close()
-
-
 def start_serve(tmp_path: Path, redis_url: str, env: dict[str, str], *, wait_ready: bool = True) -> Serve:
     data = shipped_data()
     data['schedules'] = []  # only the API writes

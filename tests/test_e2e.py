@@ -14,23 +14,23 @@ import redis
 import socketio
 from redis.asyncio import Redis
 
+from gamelist_service.games import GAME_FIELDS
 from gamelist_service.instances import running
 
 from .conftest import cli_command, free_port
-from .helpers import ROOT, Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
+from .helpers import (
+    ROOT,
+    Recorder,
+    Serve,
+    async_wait_until,
+    http_get,
+    redis_servers_on,
+    shipped_data,
+    wait_until,
+    write_config,
+)
 
 TRANSPORTS = ['websocket', 'polling']
-GAME_FIELDS = {
-    'game_id',
-    'game_name',
-    'game_type',
-    'active_gamepalye',
-    'livegameplaye',
-    'min_players',
-    'max_players',
-    'status',
-    'created_at',
-}
 
 
 @pytest.fixture(scope='module')
@@ -94,7 +94,7 @@ def assert_envelope(message: dict[str, Any], event: str, text: str) -> None:
     assert data['active_games'] == sum(1 for g in data['gamelist'] if g['status'] == 'active') == 3
     assert data['total_players'] == sum(g['active_gamepalye'] for g in data['gamelist'])
     for game in data['gamelist']:
-        assert set(game) == GAME_FIELDS
+        assert set(game) == set(GAME_FIELDS)
 
 
 async def test_publish_reaches_every_client_on_both_transports_and_namespaces(
@@ -348,19 +348,6 @@ async def test_external_redis_url_and_schedule_broadcasts(tmp_path: Path, redis_
         assert serve.stop() == 0
 
 
-def _redis_servers_on(socket_path: Path) -> list[int]:
-    pids = []
-    for proc in Path('/proc').iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / 'cmdline').read_bytes()
-            except OSError:
-                continue
-            if b'redis-server' in cmdline and str(socket_path).encode() in cmdline:
-                pids.append(int(proc.name))
-    return pids
-
-
 @pytest.mark.parametrize('signame', ['SIGTERM', 'SIGINT'])
 def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame: str) -> None:
     import signal  # noqa: PLC0415
@@ -368,11 +355,11 @@ def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data()), free_port()).start()
     (instance,) = running(tmp_path / '.gamelist', serve.config)
     socket_path = Path(instance.redis_url.removeprefix('unix://'))
-    assert _redis_servers_on(socket_path)
+    assert redis_servers_on(socket_path)
     serve.signal(getattr(signal, signame))
     assert serve.process is not None
     assert serve.process.wait(10) == 0
-    assert _redis_servers_on(socket_path) == []
+    assert redis_servers_on(socket_path) == []
     assert not socket_path.exists()
     assert running(tmp_path / '.gamelist') == []
     assert 'gamelist-service stopped' in serve.log()

@@ -21,7 +21,16 @@ from gamelist_service.instances import running
 from gamelist_service.updater import GameListUpdater
 
 from .conftest import RedisServer, cli_command, free_port
-from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
+from .helpers import (
+    Recorder,
+    Serve,
+    async_wait_until,
+    http_get,
+    redis_servers_on,
+    shipped_data,
+    wait_until,
+    write_config,
+)
 
 TOKEN = 'fault-token'
 OUTAGE_S = 30.0
@@ -175,20 +184,6 @@ async def test_redis_outage_of_30s_keeps_clients_fails_loudly_and_recovers_witho
 
 
 # -- the embedded Redis dies under serve ---------------------------------------------------------------------------
-
-
-def redis_servers_on(socket_path: Path) -> list[int]:
-    """PIDs of live redis-server processes serving socket_path (a killed one is gone once serve has reaped it)."""
-    pids = []
-    for proc in Path('/proc').iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / 'cmdline').read_bytes()
-            except OSError:
-                continue
-            if b'redis-server' in cmdline and str(socket_path).encode() in cmdline:
-                pids.append(int(proc.name))
-    return pids
 
 
 def embedded_socket(serve: Serve) -> Path:

@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     '--disable-sync',
 ]
 WAIT_MS = 15_000
+API_TOKEN = 'page-test-token'
 ROWS = '#games tbody tr'
 
 
@@ -51,7 +52,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     data = shipped_data()
     data['schedules'][0]['every'] = '1h'  # runs once at start; every later change comes from the test's publish
     data['server']['cors_allowed_origins'] = [f'http://127.0.0.1:{port}']
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), port).start()
+    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), port, env={'GAMELIST_API_TOKEN': API_TOKEN})
+    serve.start()
     yield serve
     assert serve.stop() == 0
 
@@ -245,6 +247,43 @@ def test_page_shows_the_list_and_updates_it_in_place_after_publish(page: Page, s
     assert stored['device']['platform'] == 'web' and stored['device']['screen'] == {'width': 1280, 'height': 1000}
 
     save_screenshot(page, tmp_path / 'page.png')
+
+
+def put_list(serve: Serve, games: list[dict[str, object]]) -> dict[str, object]:
+    request = urllib.request.Request(
+        serve.url + '/api/v1/gamelist',
+        data=json.dumps({'gamelist': games}).encode(),
+        method='PUT',
+        headers={'Authorization': f'Bearer {API_TOKEN}', 'Content-Type': 'application/json'},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        stored: dict[str, object] = json.loads(response.read())
+        return stored
+
+
+def test_put_reaches_the_table_and_its_latency(page: Page, served: Serve) -> None:
+    connect(page, '/')
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
+    latencies_ms = []
+    for i in range(7):
+        old = page.inner_text('#version')
+        games: list[dict[str, object]] = [
+            {'game_id': 'put_1', 'game_name': f'Put Poker {i}', 'game_type': 'card', 'active_gamepalye': 1000 + i,
+             'livegameplaye': 500, 'min_players': 2, 'max_players': 8, 'status': 'active'},
+            {'game_id': 'put_2', 'game_name': 'Put Chess', 'status': 'maintenance'},
+        ]  # fmt: skip
+        started_ms = time.time() * 1000
+        stored = put_list(served, games)
+        wait_for_version_change(page, old)
+        latencies_ms.append(float(page.evaluate('window.gamelistPage.receivedAt')) - started_ms)
+        assert page.inner_text('#version') == f'{stored["version"]:,}'
+        names = [row['name'] for row in table(page)]
+        assert names == [f'Put Poker {i}', 'Put Chess']
+    print(
+        f'PUT /api/v1/gamelist -> table updated: median {statistics.median(latencies_ms):.1f} ms, '
+        f'min {min(latencies_ms):.1f} ms, max {max(latencies_ms):.1f} ms over {len(latencies_ms)} PUTs'
+    )
 
 
 def test_reconnect_sends_the_token_and_the_last_version_and_catches_up(page: Page, served: Serve) -> None:

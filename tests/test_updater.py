@@ -14,32 +14,11 @@ import redis
 
 from gamelist_service import GameListUpdater
 from gamelist_service.exceptions import GamelistError, PayloadError, StoreError
-from gamelist_service.games import GameListInvalid, validate_games
+from gamelist_service.games import GAME_FIELDS, GameListInvalid, validate_games
 from gamelist_service.store import UPDATES_CHANNEL
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, shipped_data, wait_until, write_config
-
-GAME_FIELDS = [
-    'game_id',
-    'game_name',
-    'game_type',
-    'active_gamepalye',
-    'livegameplaye',
-    'min_players',
-    'max_players',
-    'status',
-    'created_at',
-]
-
-
-@pytest.fixture
-def flushed(redis_url: str) -> Iterator[redis.Redis]:
-    """A client of the session Redis, emptied for this test."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -83,7 +62,7 @@ def test_update_writes_the_contract_with_ttl_and_a_growing_version(
     assert first['total_games'] == 5 and first['active_games'] == 3
     assert first['total_players'] == sum(g['active_gamepalye'] for g in first['gamelist']) > 0
     for game in first['gamelist']:
-        assert list(game) == GAME_FIELDS
+        assert list(game) == list(GAME_FIELDS)
     assert {g['status'] for g in first['gamelist']} == {'active', 'maintenance', 'coming_soon'}
     second = updater.update_game_list_in_redis()
     assert second['version'] == 2 == stored(flushed)['version']

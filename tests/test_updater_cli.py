@@ -9,25 +9,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from .conftest import cli_command, free_port
 from .helpers import shipped_data, write_config
 
 TIMEOUT_S = 30
-
-
-@pytest.fixture
-def flushed(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def _env() -> dict[str, str]:
