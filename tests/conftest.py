@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import redis
 from redis.asyncio import Redis
 
 from gamelist_service.embedded import find_redis_server
+from gamelist_service.logs import default_log_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
@@ -125,6 +127,18 @@ def flushed(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """main() configures logging for the process; put it back so later tests see pytest's own handlers."""
+    loggers = [logging.getLogger(name) for name in ('', *default_log_config()['loggers'])]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture

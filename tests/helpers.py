@@ -22,6 +22,19 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
 
+# The example game of the wire contract (PRODUCT.md), field for field.
+CONTRACT_GAME: dict[str, Any] = {
+    'game_id': 'game_1_1234567890',
+    'game_name': 'Poker',
+    'game_type': 'card',
+    'active_gamepalye': 15000,
+    'livegameplaye': 8000,
+    'min_players': 2,
+    'max_players': 8,
+    'status': 'active',
+    'created_at': '2024-01-01T12:00:00Z',
+}
+
 
 def shipped_data() -> dict[str, Any]:
     """The shipped config as data, with quick pings: a polling client's disconnect waits for the next ping."""

@@ -20,21 +20,11 @@ from gamelist_service.app import create_app
 from gamelist_service.config import load_settings, schema
 
 from .conftest import free_port
-from .helpers import SHIPPED_CONFIG, Recorder, Serve, http_get, shipped_data, wait_until, write_config
+from .helpers import CONTRACT_GAME, SHIPPED_CONFIG, Recorder, Serve, http_get, shipped_data, wait_until, write_config
 
 TOKEN = 'test-token-7f3a9c'
 LIMIT = 1024 * 1024
-GAME = {
-    'game_id': 'game_1_1234567890',
-    'game_name': 'Poker',
-    'game_type': 'card',
-    'active_gamepalye': 15000,
-    'livegameplaye': 8000,
-    'min_players': 2,
-    'max_players': 8,
-    'status': 'active',
-    'created_at': '2024-01-01T12:00:00Z',
-}
+GAME = CONTRACT_GAME
 
 
 def start_serve(tmp_path: Path, redis_url: str, env: dict[str, str], *, wait_ready: bool = True) -> Serve:

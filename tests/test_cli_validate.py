@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gamelist_service.cli import main
 from gamelist_service.config import schema
-from gamelist_service.logs import default_log_config
 
 from .helpers import ROOT, SHIPPED_CONFIG, shipped_data, write_config
 
@@ -23,16 +20,7 @@ pytestmark = pytest.mark.usefixtures('clean_env')
 SHIPPED_SUMMARY = 'OK (5 games, 1 list, 2 namespaces, 1 schedule)'
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures logging for the process; put it back so later tests see pytest's own handlers."""
-    loggers = [logging.getLogger(name) for name in ('', *default_log_config()['loggers'])]
-    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    yield
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures('restore_logging')
 
 
 def lines(text: str) -> list[str]:

@@ -7,7 +7,6 @@ line per problem and exits 1, and a reload keeps the running settings and record
 from __future__ import annotations
 
 import copy
-import logging
 import re
 import time
 import tracemalloc
@@ -24,7 +23,6 @@ from gamelist_service._yaml import MAX_DEPTH, MAX_VALUES
 from gamelist_service.cli import main
 from gamelist_service.config import load_settings
 from gamelist_service.exceptions import ConfigError
-from gamelist_service.logs import default_log_config
 from gamelist_service.reload import Launch, ReloadStatus, load_for_reload
 from gamelist_service.settings import Settings
 
@@ -49,16 +47,7 @@ SHIPPED_TEXT = SHIPPED_CONFIG.read_text(encoding='utf-8')
 SHIPPED_DATA: dict[str, Any] = yaml.safe_load(SHIPPED_TEXT)
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures logging for the process; put it back so later tests see pytest's own handlers."""
-    loggers = [logging.getLogger(name) for name in ('', *default_log_config()['loggers'])]
-    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
-    yield
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures('restore_logging')
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,7 @@ from gamelist_service import fastpath
 from gamelist_service.instances import running
 
 from .conftest import free_port
-from .helpers import Recorder, Serve, shipped_data, wait_until, write_config
+from .helpers import CONTRACT_GAME, Recorder, Serve, shipped_data, wait_until, write_config
 
 NAMESPACES = ('/', '/gameplay')
 MARKER = 'wire-identity'
@@ -32,17 +32,7 @@ TIMESTAMP_RE = re.compile(rb'"timestamp":"([^"]*)"')
 
 
 def fixed_list(version: int) -> dict[str, Any]:
-    game = {
-        'game_id': 'game_1',
-        'game_name': GAME_NAME,
-        'game_type': 'card',
-        'active_gamepalye': 15000,
-        'livegameplaye': 8000,
-        'min_players': 2,
-        'max_players': 8,
-        'status': 'active',
-        'created_at': '2024-01-01T12:00:00Z',
-    }
+    game = {**CONTRACT_GAME, 'game_id': 'game_1', 'game_name': GAME_NAME}
     return {
         'gamelist': [dict(game, game_id=f'game_{i}') for i in range(20)],
         'updated_at': '2024-01-01T12:00:00.000000Z',

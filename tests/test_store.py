@@ -34,21 +34,11 @@ from gamelist_service.store import (
     redact_url,
 )
 
+from .helpers import CONTRACT_GAME
+
 WAIT_S = 5.0
 LIST = {
-    'gamelist': [
-        {
-            'game_id': 'game_1_1234567890',
-            'game_name': 'Poker',
-            'game_type': 'card',
-            'active_gamepalye': 15000,
-            'livegameplaye': 8000,
-            'min_players': 2,
-            'max_players': 8,
-            'status': 'active',
-            'created_at': '2024-01-01T12:00:00Z',
-        }
-    ],
+    'gamelist': [CONTRACT_GAME],
     'updated_at': '2024-01-01T12:00:00Z',
     'cache_duration': '300 seconds',
     'total_games': 1,
