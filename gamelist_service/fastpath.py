@@ -144,11 +144,11 @@ def wrap_driver(manager: FastAsyncManager, eio: Any) -> bool:
     if not (isinstance(cls, type) and issubclass(cls, _eio_sanic.WebSocket)):
         manager.disable(f"engineio's websocket driver is {cls!r}, not Sanic's")
         return False
-    eio._async = {**table, 'websocket': _recording_subclass(cls)}
+    eio._async = {**table, 'websocket': _recording_subclass(cls, manager)}
     return True
 
 
-def _recording_subclass(base: type) -> type:
+def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
     class RecordingWebSocket(base):  # type: ignore[misc]
         """engineio's Sanic websocket wrapper that also stores the Sanic websocket on its AsyncSocket."""
 
@@ -159,6 +159,8 @@ def _recording_subclass(base: type) -> type:
                 owner = getattr(self.handler, '__self__', None)
                 if owner is not None and getattr(owner, SANIC_WS_ATTR, None) is not self._sock:
                     setattr(owner, SANIC_WS_ATTR, self._sock)
+                    for hook in manager.on_websocket:
+                        hook(owner, self._sock)
             return await super().wait()
 
     RecordingWebSocket.__name__ = RecordingWebSocket.__qualname__ = f'Recording{base.__name__}'
@@ -187,6 +189,8 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._pending: dict[str, list[int]] = {}  # eio sid -> indices into _frames, in emit order
         self._flush_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
+        self.on_websocket: list[Callable[[Any, Any], None]] = []
 
     def initialize(self) -> None:
         super().initialize()

@@ -87,11 +87,10 @@ class GamelistService:
 
     async def current(self, list_name: str) -> dict[str, Any]:
         """The list as stored; if it has expired, it is rebuilt first, as a scheduled tick would."""
-        lst = self.settings.get_list(list_name)
-        # from memory while the updates subscription is live (else an update could have been missed)
-        cached = self.lists.get(lst) if self.listening.is_set() else None
+        cached = self.cached(list_name)
         if cached is not None:
             return cached
+        lst = self.settings.get_list(list_name)
         data = await self._read(lst.key)
         if data is not None:
             await self.lists.fill(self.store, lst, data)
@@ -105,6 +104,10 @@ class GamelistService:
             stored = await self.write_and_announce(lst, data)
             self.lists.remember(lst, stored)
             return stored
+
+    def cached(self, list_name: str) -> dict[str, Any] | None:
+        """The list from memory, while the updates subscription is live (else an update could have been missed)."""
+        return self.lists.get(self.settings.get_list(list_name)) if self.listening.is_set() else None
 
     async def _read(self, key: str) -> dict[str, Any] | None:
         """read_list within READ_TIMEOUT_S: a client asking for the list gets an error, not a wait, from a hung Redis."""

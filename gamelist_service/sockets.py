@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import socketio
 
-from . import fastpath, metrics
+from . import fastpath, metrics, screenpath
 from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
@@ -47,6 +47,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
+        self.screen_responder: screenpath.ScreenResponder | None = None
         self._closing: set[asyncio.Task[None]] = set()
         super().__init__(*args, **kwargs)
 
@@ -281,6 +282,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
+    sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     for ns in service.settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
     return sio

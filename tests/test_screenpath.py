@@ -1,0 +1,257 @@
+"""main:screen answered where its frame arrives: the same bytes as the normal path, and the fallbacks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import socketio
+from socketio import packet as sio_packet
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from gamelist_service import fastpath, gamelist, screenpath
+from gamelist_service.gamelist import utc_now_iso
+from gamelist_service.sockets import GameNamespace
+
+from .conftest import free_port
+from .helpers import Serve, shipped_data, wait_until, write_config
+from .test_fastpath import RawClient, fixed_list, redis_of
+
+SCREEN = b'"event":"main:screen"'
+
+
+def masked(text: str) -> bytes:
+    """One client frame (FIN, text, masked), as a browser sends it."""
+    data = text.encode()
+    assert len(data) < 126
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def start(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
+    data = shipped_data()
+    data['server']['fast_broadcast'] = fast
+    data['schedules'][0]['every'] = '1h'  # only the start-up run; the test publishes its own list
+    if limits:
+        data['limits'] = limits
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
+
+
+def publish_live_list(serve: Serve, version: int, updated_at: str | None = None) -> None:
+    """A list with the test's marker, written now: every serve process keeps it in memory for main:screen."""
+    data = fixed_list(version)
+    data['updated_at'] = updated_at or utc_now_iso()
+    client = redis_of(serve)
+    try:
+        client.set('gamelist:current', json.dumps(data), ex=300)
+        client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': data}))
+    finally:
+        client.close()
+
+
+def replies(client: RawClient) -> list[bytes]:
+    """main:screen answers received so far, timestamps blanked (see RawClient.events)."""
+    return [f for f in client.events() if SCREEN in f]
+
+
+def payloads(frames: list[bytes]) -> list[bytes]:
+    return [RawClient.payload(f) for f in frames]
+
+
+@pytest.fixture(scope='module')
+def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serve]]:
+    root = tmp_path_factory.mktemp('screenpath')
+    started = {fast: start(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
+    yield started
+    for serve in started.values():
+        assert serve.stop() == 0
+
+
+REQUESTS = ['42["main:screen"]', '427["main:screen"]', '42/gameplay,["main:screen"]', '42/gameplay,0012["main:screen"]']
+
+
+async def answers(serve: Serve, version: int, updated_at: str) -> list[bytes]:
+    publish_live_list(serve, version, updated_at)
+    client = await RawClient(serve.port).connect()
+    try:
+        # the whole batch in one write, so one read on the server holds several requests; then each alone
+        assert client._writer is not None
+        client._writer.write(b''.join(masked(text) for text in REQUESTS))
+        await client._wait(lambda: len(replies(client)) >= len(REQUESTS))
+        for text in REQUESTS:
+            have = len(replies(client))
+            client.send(text)
+            await client._wait(lambda have=have: len(replies(client)) > have)
+        return replies(client)
+    finally:
+        await client.close()
+
+
+async def test_answers_are_byte_identical_to_the_normal_path(serves: dict[bool, Serve]) -> None:
+    updated_at = utc_now_iso()  # the same list on both servers
+    fast = await answers(serves[True], 7000, updated_at)
+    plain = await answers(serves[False], 7000, updated_at)
+    assert len(fast) == len(plain) == 2 * len(REQUESTS)
+    assert sorted(fast) == sorted(plain)
+    assert sorted(payloads(fast[:4])) == sorted(payloads(fast[4:]))
+    starts = sorted(p[: p.index(b'{')] for p in payloads(plain[:4]))
+    assert starts == [b'42/gameplay,["main:screen",', b'42["main:screen",', b'43/gameplay,12[', b'437[']
+    reply = next(json.loads(p[p.index(b'[') :])[0] for p in payloads(plain) if p.startswith(b'437['))
+    assert reply['event'] == 'main:screen' and reply['message'] == 'Current game list'
+    assert reply['data']['version'] == 7000 and reply['data']['gamelist'][0]['game_name'].endswith('wire-identity')
+    # the fast server answered them directly (the plain one cannot)
+    log = serves[True].log()
+    assert log.count('main:screen answered directly') >= 2 * len(REQUESTS), log[-2000:]
+    assert 'main:screen direct answers on' in log
+    assert 'main:screen answered directly' not in serves[False].log()
+
+
+async def test_other_frames_and_everything_after_them_take_the_normal_path(serves: dict[bool, Serve]) -> None:
+    serve = serves[True]
+    publish_live_list(serve, 7100)
+    client = await RawClient(serve.port).connect()
+    try:
+        assert client._writer is not None
+        before = serve.log().count('main:screen answered directly')
+        # an argument, a request of a namespace the client left, then a plain request after them
+        batch = ['4221["main:screen",{"x":1}]', '41/gameplay,', '42/gameplay,22["main:screen"]', '4223["main:screen"]']
+        client._writer.write(b''.join(masked(text) for text in batch))
+        await client._wait(lambda: any(p.startswith(b'4323[') for p in payloads(replies(client))))
+        got = payloads(replies(client))
+        assert any(p.startswith(b'4321[') for p in got)
+        assert not any(p.startswith(b'43/gameplay,22[') for p in got)  # not connected there any more: dropped
+        assert serve.log().count('main:screen answered directly') == before
+        # a request split over two reads (half a frame each) is answered directly once it is whole
+        frame = masked('4224["main:screen"]')
+        client._writer.write(frame[:7])
+        await client._writer.drain()
+        await asyncio.sleep(0.05)  # let the first half arrive on its own
+        client._writer.write(frame[7:])
+        await client._wait(lambda: any(p.startswith(b'4324[') for p in payloads(replies(client))))
+        assert wait_until(lambda: 'answered directly: ack 24 on /' in serve.log())
+        # the namespace it left: the direct path does not answer for it either
+        client._writer.write(masked('42/gameplay,25["main:screen"]') + masked('4226["main:screen"]'))
+        await client._wait(lambda: any(p.startswith(b'4326[') for p in payloads(replies(client))))
+        assert not any(p.startswith(b'43/gameplay,25[') for p in payloads(replies(client)))
+    finally:
+        await client.close()
+
+
+async def test_a_client_over_its_rate_gets_the_refusal_from_the_normal_path(tmp_path: Path) -> None:
+    serve = start(tmp_path, True, {'events_per_second': 0.01, 'burst': 3, 'over_limit': 'error'})
+    try:
+        publish_live_list(serve, 7200)
+        client = await RawClient(serve.port).connect()
+        try:
+            assert client._writer is not None
+            client.send('429["main:screen"]')  # one token; the list is in memory after it, whichever way it went
+            await client._wait(lambda: any(RawClient.payload(f).startswith(b'439[') for f in client.frames))
+            before = serve.log().count('main:screen answered directly')
+            client._writer.write(b''.join(masked(f'42{i}["main:screen"]') for i in range(1, 5)))
+            want = [b'431[', b'432[', b'433[', b'434[']
+
+            def frames() -> list[bytes]:
+                return [f for f in client.frames if RawClient.payload(f)[:4] in want]
+
+            await client._wait(lambda: len(frames()) == 4)
+            got = {RawClient.payload(f)[:4]: RawClient.payload(f) for f in frames()}
+            assert SCREEN in got[b'431['] and SCREEN in got[b'432[']
+            for key in (b'433[', b'434['):
+                assert json.loads(got[key][3:]) == [{'status': 'error', 'message': 'rate limit exceeded'}]
+            assert wait_until(lambda: serve.log().count('main:screen answered directly') == before + 2)
+        finally:
+            await client.close()
+    finally:
+        assert serve.stop() == 0
+
+
+# -- the parts -----------------------------------------------------------------------------------------------------
+
+
+def fake_service(data: dict[str, Any] | None) -> Any:
+    return SimpleNamespace(cached=lambda name: data)
+
+
+@pytest.mark.parametrize('namespace', ['/', '/gameplay'])
+@pytest.mark.parametrize('ack_id', ['7', '0012', None])
+def test_encode_gives_what_python_socketio_sends(
+    monkeypatch: pytest.MonkeyPatch, namespace: str, ack_id: str | None
+) -> None:
+    monkeypatch.setattr(gamelist, 'utc_now_iso', lambda: '2026-11-26T00:00:00.000000Z')
+    data = fixed_list(3) | {'note': 'Покер ♠ 🎲 "quoted" \\ \x00'}
+    responder = screenpath.ScreenResponder(None, fake_service(data), None, GameNamespace)  # type: ignore[arg-type]
+    reply = gamelist.envelope(data, 'main:screen', gamelist.MAIN_SCREEN_MESSAGE)
+    if ack_id is not None:
+        pkt = sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=int(ack_id), data=[reply])
+    else:
+        pkt = sio_packet.Packet(sio_packet.EVENT, namespace=namespace, data=['main:screen', reply])
+    want = '4' + pkt.encode()
+    assert responder.encode('current', data, namespace, ack_id) == want
+    assert responder.encode('current', data, namespace, ack_id) == want  # again, from the list's JSON kept
+
+
+def test_the_request_pattern() -> None:
+    match = screenpath.REQUEST.fullmatch
+    assert match('42["main:screen"]') and match('4207["main:screen"]') and match('42/gameplay,3["main:screen"]')
+    for other in ('42["main:screen",{}]', '42/g?x=1,3["main:screen"]', '43["main:screen"]', '42["device:info"]'):
+        assert match(other) is None
+
+
+def test_check_passes_with_the_pinned_libraries() -> None:
+    assert screenpath.check() == []
+
+
+def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(Protocol, 'events_received')  # ServerProtocol's, inherited
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    fastpath.install(sio)
+    with caplog.at_level(logging.WARNING, 'gamelist_service.screenpath'):
+        assert screenpath.install(sio, fake_service(None), GameNamespace) is None
+    assert 'ServerProtocol.events_received' in caplog.text
+    assert sio.manager.on_websocket == []
+
+
+def test_not_installed_without_the_fast_broadcast_manager() -> None:
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(False))
+    fastpath.install(sio)
+    assert screenpath.install(sio, fake_service(None), GameNamespace) is None
+
+
+async def sent(ws: Any) -> None:
+    task: asyncio.Task[None] = getattr(ws, screenpath.TASK_ATTR)
+    await task
+
+
+async def test_an_error_at_run_time_disables_it_and_the_frames_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    sio = SimpleNamespace(namespace_handlers=None)  # .get raises AttributeError, as a renamed attribute would
+    manager = SimpleNamespace(enabled=True, _pending={})
+    responder = screenpath.ScreenResponder(sio, fake_service(fixed_list(1)), manager, GameNamespace)  # type: ignore[arg-type]
+    proto = Protocol(Side.SERVER, state=State.OPEN)  # past the handshake, as Sanic's is by then
+    passed: list[list[Any]] = []
+
+    async def async_data_received(to_send: list[bytes], events: list[Any]) -> None:
+        passed.append(events)
+
+    ws = SimpleNamespace(ws_proto=proto, async_data_received=async_data_received)
+    responder.attach(SimpleNamespace(sid='eio-1'), ws)
+    with caplog.at_level(logging.WARNING, 'gamelist_service.screenpath'):
+        ws.data_received(masked('421["main:screen"]'))
+        await sent(ws)
+    assert not responder.enabled
+    assert 'main:screen direct answers disabled' in caplog.text
+    assert len(passed) == 1 and isinstance(passed[0][0], Frame) and passed[0][0].opcode is Opcode.TEXT
+    assert bytes(passed[0][0].data) == b'421["main:screen"]'
+    ws.data_received(masked('422["main:screen"]'))  # from now on straight to the normal path, no more warnings
+    await sent(ws)
+    assert len(passed) == 2 and caplog.text.count('direct answers disabled') == 1
