@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -260,6 +261,7 @@ class Run:
     rss_ready_kb: int = 0
     broadcasts: list[dict[str, Any]] = field(default_factory=list)
     screen: dict[str, Any] = field(default_factory=dict)
+    written: list[dict[str, Any]] = field(default_factory=list)  # the capacity phase, one entry per broadcast
     disconnected: int = 0
     error: str = ''
 
@@ -319,6 +321,12 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
                     'cpu_ms': (cpu[i + 1] - cpu[i]) * 1000,
                 }
             )
+        if args.capacity > 0:
+            run.written = capacity_phase(spec, gen, r, workdir / f'{spec.name}-{port}.log', run.joined, args)
+            log(
+                f'  written in {[round(w["written_ms"], 1) for w in run.written]} ms with the generator paused; '
+                f'received {[w["received"] for w in run.written]}'
+            )
         if args.screen_seconds > 0:
             if args.profile and spec.kind == 'py':
                 spy = subprocess.Popen(
@@ -353,6 +361,50 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
     return run
 
 
+WRITTEN = 'broadcast of version {} written in '
+
+
+def capacity_phase(
+    spec: ServerSpec, gen: LoadGen, r: redis.Redis, logfile: Path, joined: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The server's own fan-out time: broadcasts written while the load generator is stopped (SIGSTOP).
+
+    On 2 cores the generator, reading 2N frames, competes with the server for the CPU; stopped, it leaves both cores
+    to the server's processes, and the kernel holds each client's frames until it runs again. The time is what the
+    server logs per broadcast, from the update's arrival to the last write (each worker its own; the slowest counts).
+    Then the generator runs again and must receive every one of them.
+    """
+    workers = spec.workers if spec.kind == 'py' else 1
+    done: list[dict[str, Any]] = []
+    for _ in range(args.capacity):
+        os.kill(gen.proc.pid, signal.SIGSTOP)
+        try:
+            version = write_and_publish(r)
+            times = written_times(logfile, version, workers, 30.0)
+        finally:
+            os.kill(gen.proc.pid, signal.SIGCONT)
+        done.append({'version': version, 'written_ms': max(times), 'per_worker_ms': times})
+        time.sleep(args.interval)
+    stats = drain(gen, [w['version'] for w in done], joined, args.drain)
+    for w in done:
+        counts = stats['versions'].get(str(w['version']), {}).get('counts', {})
+        w['received'] = min(counts.get('/', 0), counts.get('/gameplay', 0))
+    return done
+
+
+def written_times(logfile: Path, version: int, workers: int, timeout_s: float) -> list[float]:
+    """The write times the server logged for a version, once every worker has logged its own."""
+    pattern = re.compile(re.escape(WRITTEN.format(version)) + r'([0-9.]+) ms')
+    deadline = time.monotonic() + timeout_s
+    while True:
+        times = [float(m) for m in pattern.findall(logfile.read_text(errors='replace'))]
+        if len(times) >= workers:
+            return times
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f'{logfile.name}: {len(times)} of {workers} processes logged version {version}')
+        time.sleep(0.01)
+
+
 def drain(gen: LoadGen, versions: list[int], joined: int, limit_s: float) -> Any:
     """The generator's stats once every broadcast reached every client, or nothing arrived for 2 s, or limit_s."""
     deadline = time.monotonic() + limit_s
@@ -385,7 +437,9 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         'runs': len(runs),
         'failed_runs': len(runs) - len(ok),
         'joined': med([r.joined for r in ok]),
-        'all_received': bool(bs) and all(b['received'] == r.joined == r.n for r in ok for b in r.broadcasts),
+        'all_received': bool(bs)
+        and all(b['received'] == r.joined == r.n for r in ok for b in r.broadcasts)
+        and all(w['received'] == r.joined for r in ok for w in r.written),
         'received_min': min((b['received'] for b in bs), default=0),
         'disconnected': sum(r.disconnected for r in ok),
         'ramp_s': med([r.ramp_s for r in ok]),
@@ -401,6 +455,9 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         'screen_p50_ms': med([r.screen.get('p50_ms') for r in ok]),
         'screen_p99_ms': med([r.screen.get('p99_ms') for r in ok]),
         'screen_cpu_us': med([r.screen.get('cpu_us_per_ack') for r in ok]),
+        'written_ms': med([w['written_ms'] for r in ok for w in r.written]),
+        'written_received_min': min((w['received'] for r in ok for w in r.written), default=None),
+        'capacity': med([r.joined / w['written_ms'] for r in ok for w in r.written if w['written_ms'] > 0]),
     }
 
 
@@ -420,6 +477,8 @@ COLUMNS = [  # key, header, format, lower is better (None: no ratio)
     ('screen_p50_ms', 'main:screen p50 ms', '{:.2f}', True),
     ('screen_p99_ms', 'main:screen p99 ms', '{:.2f}', True),
     ('screen_cpu_us', 'main:screen server CPU µs / ack', '{:.0f}', True),
+    ('written_ms', 'written ms / broadcast, generator paused', '{:.1f}', True),
+    ('capacity', 'capacity, clients / ms written', '{:.1f}', False),
 ]
 
 
@@ -471,24 +530,33 @@ def versions() -> str:
 
 
 def workers_table(results: dict[int, dict[str, dict[str, Any]]]) -> list[str]:
-    """Fan-out capacity of serve --workers 2 against one worker: clients reached per ms of spread."""
+    """Fan-out capacity of serve --workers 2 against one worker: clients written to per ms, generator paused."""
     rows = []
     for n, per in results.items():
         one, two = per.get('gamelist-service'), per.get('gamelist-service-w2')
-        if not one or not two or not one['spread_ms'] or not two['spread_ms']:
+        if not one or not two:
             continue
-        cap1, cap2 = one['received_min'] / one['spread_ms'], two['received_min'] / two['spread_ms']
-        ratio = f'{cap2 / cap1:.2f}' if cap1 else '-'
-        rows.append(f'| {n:,} | {one["spread_ms"]:.1f} | {two["spread_ms"]:.1f} | {cap1:.1f} | {cap2:.1f} | {ratio} |')
+        cells = [fmt(one['written_ms'], '{:.1f}'), fmt(two['written_ms'], '{:.1f}')]
+        cells += [fmt(one['capacity'], '{:.1f}'), fmt(two['capacity'], '{:.1f}')]
+        ratio = f'{two["capacity"] / one["capacity"]:.2f}' if one['capacity'] and two['capacity'] else '-'
+        spread = [fmt(one['spread_ms'], '{:.1f}'), fmt(two['spread_ms'], '{:.1f}')]
+        rows.append(f'| {n:,} | ' + ' | '.join(cells) + f' | **{ratio}** | ' + ' | '.join(spread) + ' |')
     if not rows:
         return []
     return [
         '## --workers 2 against one worker',
         '',
-        'Capacity = clients that received the broadcast / spread (clients per ms).',
+        'Capacity = clients / the time the server takes to write a broadcast to all of them, measured with the load',
+        'generator stopped (SIGSTOP) so that it does not take a core from the workers; each process logs the time from',
+        "the update's arrival to its last write, and the slowest process counts. Every client then received every one",
+        'of these broadcasts. The spread columns are the normal phase, generator running: on 2 cores its own reading',
+        'of 2N frames bounds them, whatever the server does.',
         '',
-        '| N | spread ms, 1 worker | spread ms, 2 workers | capacity, 1 worker | capacity, 2 workers | ratio |',
-        '|---:|---:|---:|---:|---:|---:|',
+        (
+            '| N | written ms, 1 worker | written ms, 2 workers | capacity, 1 worker | capacity, 2 workers | ratio '
+            '| spread ms, 1 worker | spread ms, 2 workers |'
+        ),
+        '|---:|---:|---:|---:|---:|---:|---:|---:|',
         *rows,
         '',
     ]
@@ -530,6 +598,9 @@ def main() -> int:
     parser.add_argument(
         '--drain', type=float, default=15.0, help='at most this long for late frames after the last broadcast'
     )
+    parser.add_argument(
+        '--capacity', type=int, default=5, help='broadcasts written with the load generator stopped (0: none)'
+    )
     parser.add_argument('--screen-seconds', type=float, default=5.0)
     parser.add_argument('--screen-clients', type=int, default=100)
     parser.add_argument('--out', type=Path, default=None, help='default bench/RESULTS.md (smoke: a temp file)')
@@ -541,7 +612,7 @@ def main() -> int:
     args.server = args.server or ['gamelist-service', 'node-socket.io']
     if args.smoke:
         args.clients, args.repeats, args.broadcasts, args.interval = '50', 1, 3, 0.5
-        args.screen_seconds, args.screen_clients, args.settle = 1.0, 10, 0.5
+        args.screen_seconds, args.screen_clients, args.settle, args.capacity = 1.0, 10, 0.5, 2
     sizes = [int(x) for x in args.clients.split(',')]
     for tool in ('node',):
         if shutil.which(tool) is None:

@@ -17,7 +17,7 @@ from .exceptions import GamelistError
 from .reload import Launch, ReloadStatus, load_for_reload
 from .service import GamelistService
 from .settings import Settings
-from .sockets import GamelistServer, apply_namespaces, create_server, emit_to_namespace
+from .sockets import GamelistServer, apply_namespaces, create_server, emit_to_namespace, written
 from .store import Store, redact_url
 
 logger = logging.getLogger('gamelist_service.app')
@@ -57,7 +57,11 @@ def create_app(
         assert sio is not None
         return await emit_to_namespace(sio, event, data, namespace)
 
-    service = GamelistService(settings, store, emit)
+    async def all_written() -> None:
+        assert sio is not None
+        await written(sio)
+
+    service = GamelistService(settings, store, emit, written=all_written)
     sio = create_server(service, ASYNC_MODE)
     protocol.install(sio)  # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback
     sio.attach(app)

@@ -188,6 +188,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._frames: list[tuple[bytes, Any]] = []  # this turn's (frame, engineio packet), by index
         self._pending: dict[str, list[int]] = {}  # eio sid -> indices into _frames, in emit order
         self._flush_handle: asyncio.Handle | None = None
+        self._flush_done: asyncio.Future[None] | None = None  # resolved when _flush has written this turn's frames
         self._tasks: set[asyncio.Task[None]] = set()
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
@@ -291,12 +292,15 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             pending[eio_sid] = [index]
             stashed += 1
         if pending and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_soon(self._flush)
+            self._flush_done = loop.create_future()
         return stashed, slow
 
     def _flush(self) -> None:
         """Write each waiting client's frames in one write(); a client that is no longer idle gets the normal path."""
         self._flush_handle = None
+        done, self._flush_done = self._flush_done, None
         frames, pending = self._frames, self._pending
         self._frames, self._pending = [], {}
         eio = self.server.eio
@@ -334,6 +338,14 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             task = loop.create_task(self._send_in_order(eio_sid, [frames[i][1] for i in indices]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    async def written(self) -> None:
+        """Return once the frames stashed so far are written (those of idle clients; the others are queued)."""
+        done = self._flush_done
+        if done is not None:
+            await asyncio.shield(done)
 
     def write_now(self, eio_sid: str, encoded: str) -> bool:
         """Write one Socket.IO packet to an idle websocket client now; False: the caller takes the normal path."""

@@ -19,7 +19,7 @@ CONNECTED_CLIENTS = Gauge(
 BROADCASTS = Counter('gamelist_broadcasts', 'Broadcasts sent, per list and namespace', ['list', 'namespace'])
 BROADCAST_SECONDS = Histogram(
     'gamelist_broadcast_duration_seconds',
-    'Time to emit one list to every local client of its namespaces',
+    'Time to hand one list to every local client of its namespaces (until the fast path has written it)',
     ['list'],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )

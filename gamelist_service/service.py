@@ -40,12 +40,14 @@ class GamelistService:
         store: Store,
         emit: EmitFn,
         *,
+        written: Callable[[], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         identity: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self._emit = emit
+        self._written = written  # returns once the emitted frames are written (see fastpath.FastAsyncManager)
         self._rng = rng or random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,7 +160,17 @@ class GamelistService:
             total += count
             metrics.BROADCASTS.labels(lst.name, namespace).inc()
             logger.info('broadcast %s to %s (%d clients, version %s)', lst.event, namespace, count, data.get('version'))
-        metrics.BROADCAST_SECONDS.labels(lst.name).observe(time.perf_counter() - started)
+        if self._written is not None:
+            await self._written()
+        elapsed = time.perf_counter() - started
+        metrics.BROADCAST_SECONDS.labels(lst.name).observe(elapsed)
+        logger.info(
+            'broadcast of version %s written in %.1f ms (%d clients over %d namespaces)',
+            data.get('version'),
+            elapsed * 1e3,
+            total,
+            len(lst.namespaces),
+        )
         self.broadcasts += 1
         return total
 

@@ -301,6 +301,13 @@ def apply_namespaces(
             logger.info('namespace %s added', ns.name)
 
 
+async def written(sio: socketio.AsyncServer) -> None:
+    """Once the broadcasts emitted so far are handed to every idle websocket (the fast path writes them a turn later)."""
+    manager = sio.manager
+    if isinstance(manager, fastpath.FastAsyncManager):
+        await manager.written()
+
+
 async def emit_to_namespace(sio: socketio.AsyncServer, event: str, data: dict[str, Any], namespace: str) -> int:
     """Broadcast to every client of namespace in this process; returns how many there are."""
     handler = sio.namespace_handlers.get(namespace)

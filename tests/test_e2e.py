@@ -297,6 +297,8 @@ def test_logs_carry_redis_and_broadcast_lines(served: Serve) -> None:
     assert 'Redis GET gamelist:current' in log
     assert 'broadcast game_list:updated to / (' in log
     assert 'broadcast game_list:updated to /gameplay (' in log
+    written = r'broadcast of version \d+ written in \d+\.\d ms \(\d+ clients over 2 namespaces\)'
+    assert re.search(written, log), log[-1500:]
 
 
 async def test_auth_since_catches_up_a_reconnecting_client(served: Serve) -> None:

@@ -371,3 +371,13 @@ def test_a_websocket_class_installed_later_is_wrapped_too() -> None:
     wrapped = sio.eio._async['websocket']
     assert issubclass(wrapped, Guarded) and wrapped._gamelist_records_sanic_ws
     assert sio.manager.enabled
+
+
+async def test_written_returns_once_the_frames_of_the_turn_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    sio, sent, transport = await fast_server(monkeypatch, [True, True])
+    await sio.manager.written()  # nothing stashed: at once
+    for ns in NAMESPACES:
+        await sio.emit('e', {'n': 1}, namespace=ns)
+    assert transport.writes == []
+    await sio.manager.written()
+    assert len(transport.writes) == 1 and sent == []
