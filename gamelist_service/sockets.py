@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import socketio
 
-from . import fastpath, metrics, screenpath
+from . import fastpath, metrics, screenpath, slim
 from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
@@ -282,6 +282,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
+    slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     for ns in service.settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
