@@ -12,7 +12,7 @@ from typing import Any
 from sanic import Sanic
 from sanic.config import Config
 
-from . import api, metrics, page, protocol, routes
+from . import api, heap, metrics, page, protocol, routes
 from .exceptions import GamelistError
 from .reload import Launch, ReloadStatus, load_for_reload
 from .service import GamelistService
@@ -92,6 +92,13 @@ def create_app(
         status: ReloadStatus = app.ctx.reload_status
         metrics.config_loaded(status.generation, status.digest, status.loaded_at)
         service.start(schedules=schedules)
+        assert sio is not None
+        server = sio
+
+        def counts() -> tuple[int, int]:
+            return len(server.eio.sockets), server.closed_sessions
+
+        app.ctx.heap_task = asyncio.get_running_loop().create_task(heap.run(heap.HeapPolicy(), counts))
         if launch is not None:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, launch))
@@ -107,7 +114,7 @@ def create_app(
         # Sanic may run this hook twice on uvloop (its first run_until_complete after stop() can abort), so the
         # work happens once, in one task that a second call simply waits for.
         if getattr(app.ctx, 'stopping', None) is None:
-            app.ctx.stopping = asyncio.get_running_loop().create_task(_stop_service(service, sio))
+            app.ctx.stopping = asyncio.get_running_loop().create_task(_stop_service(app, service, sio))
         await asyncio.shield(app.ctx.stopping)
 
     @app.after_server_stop
@@ -125,8 +132,12 @@ def create_app(
     return app
 
 
-async def _stop_service(service: GamelistService, sio: GamelistServer) -> None:
+async def _stop_service(app: App, service: GamelistService, sio: GamelistServer) -> None:
     logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
+    heap_task: asyncio.Task[None] | None = getattr(app.ctx, 'heap_task', None)
+    if heap_task is not None:
+        heap_task.cancel()
+        await asyncio.gather(heap_task, return_exceptions=True)  # it gives the frozen objects back
     try:
         await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
     except TimeoutError:

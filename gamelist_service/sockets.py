@@ -47,6 +47,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
+        self.closed_sessions = 0  # Engine.IO sessions ended so far (heap.HeapPolicy)
         self.screen_responder: screenpath.ScreenResponder | None = None
         self._closing: set[asyncio.Task[None]] = set()
         super().__init__(*args, **kwargs)
@@ -78,6 +79,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_disconnect(eio_sid, reason)
         finally:
             self.limiter.closed(eio_sid)
+            self.closed_sessions += 1
 
     async def disconnect_connection(self, eio_sid: str) -> None:
         """Disconnect a client from every namespace (it sees each disconnect), then close its session if it stays."""
