@@ -576,7 +576,7 @@ def write_report(path: Path, args: argparse.Namespace, results: dict[int, dict[s
             f'{args.interval:g} s, of a 20-game list to `/` and `/gameplay` (about 4.4 KB per frame). Figures are medians '
             'over every broadcast of every run; ratio = gamelist-service / Node (below 1 is better for gamelist-service, '
             f'except acks/s). main:screen: {args.screen_clients} clients asking in a closed loop for {args.screen_seconds} s. '
-            'Column meanings: bench/README.md.'
+            'Column meanings, and what the profiles showed: bench/README.md.'
         ),
         '',
         *table(results, 'node-socket.io', 'gamelist-service'),
