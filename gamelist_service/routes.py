@@ -96,5 +96,19 @@ def error_response(request: Request, exc: Exception) -> HTTPResponse:
         return json({'status': 'error', 'message': message}, status=exc.status_code)
     if isinstance(exc, SanicException):
         return json({'status': 'error', 'message': str(exc) or exc.__class__.__name__}, status=exc.status_code)
+    if _after_websocket(request, exc):
+        logger.debug('%s %s: no HTTP answer after its websocket session (%s)', request.method, request.path, exc)
+        return json({'status': 'error', 'message': 'connection closed'}, status=500)
     logger.error('%s %s failed unexpectedly', request.method, request.path, exc_info=exc)
     return json({'status': 'error', 'message': 'internal error'}, status=500)
+
+
+def _after_websocket(request: Request, exc: Exception) -> bool:
+    """A write that failed because the request's websocket session had ended and Sanic had half-closed the connection.
+
+    python-engineio's Sanic driver returns an HTTP 200 once a websocket session ends; when Sanic's websocket closer has
+    already half-closed the TCP connection (write_eof), writing it fails. Nothing is lost: the session is over.
+    """
+    headers = getattr(request, 'headers', None) or {}
+    upgrade = str(headers.get('upgrade', '')).lower()
+    return upgrade == 'websocket' and isinstance(exc, (RuntimeError, ConnectionError))

@@ -65,6 +65,20 @@ def test_an_unexpected_http_error_gives_a_generic_body(caplog: pytest.LogCapture
     assert DETAIL.encode() not in response.body and b'unavailable' in response.body
 
 
+def test_the_answer_after_an_ended_websocket_session_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    # python-engineio's Sanic driver answers 200 after the session; the connection may be half-closed by then
+    request: Any = SimpleNamespace(method='GET', path='/socket.io/', headers={'upgrade': 'websocket'})
+    with caplog.at_level(logging.DEBUG, logger='gamelist_service.routes'):
+        routes.error_response(request, RuntimeError('Cannot call write() after write_eof()'))
+    assert [r.levelname for r in caplog.records] == ['DEBUG']
+    assert 'no HTTP answer after its websocket session' in caplog.text
+    caplog.clear()
+    plain: Any = SimpleNamespace(method='GET', path='/socket.io/', headers={})  # not a websocket: an error as before
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.routes'):
+        routes.error_response(plain, RuntimeError('Cannot call write() after write_eof()'))
+    assert 'failed unexpectedly' in caplog.text
+
+
 async def test_corrupt_data_in_redis_shows_no_detail(tmp_path: Path, redis_client: Redis, redis_url: str) -> None:
     data = shipped_data()
     data['schedules'] = []
