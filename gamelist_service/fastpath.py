@@ -154,6 +154,14 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
 
         _gamelist_records_sanic_ws = True
 
+        async def __call__(self, environ: dict[str, Any]) -> Any:
+            handler: Any = getattr(self, 'handler', None)
+            owner = getattr(handler, '__self__', None)
+            factory = manager.session_factory
+            if factory is not None and owner is not None and not owner.connected and manager.enabled:
+                self.handler = factory(owner)  # a direct websocket connection (an upgrade keeps its handler)
+            return await super().__call__(environ)
+
         async def wait(self) -> Any:
             if self._sock is not None:
                 owner = getattr(self.handler, '__self__', None)
@@ -192,6 +200,8 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._tasks: set[asyncio.Task[None]] = set()
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
+        # AsyncSocket -> the handler of a websocket that connected directly (session.Session); None: python-engineio's
+        self.session_factory: Callable[[Any], Any] | None = None
 
     def initialize(self) -> None:
         super().initialize()
@@ -349,6 +359,10 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
 
     def write_now(self, eio_sid: str, encoded: str) -> bool:
         """Write one Socket.IO packet to an idle websocket client now; False: the caller takes the normal path."""
+        return self.write_eio(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
+
+    def write_eio(self, eio_sid: str, pkt: Any) -> bool:
+        """Write one Engine.IO text packet to an idle websocket client now; False: the caller takes the normal path."""
         if not self.enabled or not self.installed or eio_sid in self._pending:  # frames of this turn go first
             return False
         eio = self.server.eio
@@ -361,7 +375,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         try:
             if not _idle(sock, ws, time.time(), eio.ping_timeout, State.OPEN):
                 return False
-            text = eio_packet.Packet(eio_packet.MESSAGE, encoded).encode()
+            text = pkt.encode()
             io_proto = ws.io_proto
             io_proto.transport.write(Frame(Opcode.TEXT, text.encode('utf-8')).serialize(mask=False, extensions=[]))
             io_proto._time = self.clock()

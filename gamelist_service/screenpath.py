@@ -32,6 +32,7 @@ from socketio import packet as sio_packet
 from . import fastpath
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope
 from .service import GamelistService
+from .session import PONG_FRAME, mark_seen, take_pong
 
 logger = logging.getLogger('gamelist_service.screenpath')
 
@@ -109,6 +110,7 @@ class ScreenResponder:
 
     def data_received(self, sock: Any, ws: Any, data: bytes) -> None:
         """Sanic's WebsocketImplProtocol.data_received, answering main:screen requests before the normal path."""
+        mark_seen(sock)  # any bytes from the client: it is alive (session.Session's watchdog)
         proto = ws.ws_proto
         proto.receive_data(data)
         to_send = proto.data_to_send()
@@ -128,6 +130,10 @@ class ScreenResponder:
         for index, event in enumerate(events):
             if not isinstance(event, Frame) or event.opcode is not Opcode.TEXT or not event.fin:
                 return events[index:]
+            if event.data == PONG_FRAME:
+                if not take_pong(sock):
+                    return events[index:]
+                continue
             match = REQUEST.fullmatch(bytes(event.data).decode('utf-8', 'replace'))
             if match is None or not self._answer_one(sock, ws, match.group(1) or '/', match.group(2)):
                 return events[index:]

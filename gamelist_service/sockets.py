@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import socketio
 
-from . import fastpath, metrics, screenpath, slim
+from . import fastpath, metrics, screenpath, session, slim
 from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
@@ -284,6 +284,9 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
+    if isinstance(sio.manager, fastpath.FastAsyncManager) and sio.manager.installed:
+        manager = sio.manager
+        manager.session_factory = lambda sock: session.Session(sock, manager.write_eio)
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     for ns in service.settings.namespaces:
