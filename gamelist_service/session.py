@@ -22,14 +22,53 @@ import logging
 import time
 from typing import Any
 
+import engineio
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
 
 logger = logging.getLogger('gamelist_service.session')
 
 SEEN_ATTR = '_gamelist_seen'  # on the AsyncSocket: monotonic time of the last bytes from the client
 PING = eio_packet.Packet(eio_packet.PING)
 PONG_FRAME = b'3'
+
+
+def check() -> list[str]:
+    """What Session needs of python-engineio and this environment lacks; empty when it can run."""
+    missing = [
+        f'AsyncSocket.{name}'
+        for name in ('receive', 'send', 'close', 'schedule_ping', '_websocket_handler')
+        if not hasattr(AsyncSocket, name)
+    ]
+    try:
+        server = engineio.AsyncServer(async_mode='sanic')
+        sock = AsyncSocket(server, 'check')
+        missing += [
+            f'AsyncSocket().{name}'
+            for name in ('connected', 'upgraded', 'closed', 'closing', 'queue', 'server', 'sid')
+            if not hasattr(sock, name)
+        ]
+        if not hasattr(server.reason, 'TRANSPORT_CLOSE'):
+            missing.append('engineio.AsyncServer.reason.TRANSPORT_CLOSE')
+        for name in ('ping_interval', 'ping_timeout', 'max_http_buffer_size', 'logger'):
+            if not hasattr(server, name):
+                missing.append(f'engineio.AsyncServer().{name}')
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe means: do not use it
+        missing.append(f'probe failed: {type(exc).__name__}: {exc}')
+    return missing
+
+
+def install(manager: Any) -> bool:
+    """Run directly connected websockets as Session (manager: the installed FastAsyncManager); False if not."""
+    missing = check()
+    if missing:
+        logger.warning(
+            "lean websocket sessions off, python-engineio's handler runs them: missing %s", ', '.join(missing)
+        )
+        return False
+    manager.session_factory = lambda sock: Session(sock, manager.write_eio)
+    return True
 
 
 def mark_seen(sock: Any) -> None:

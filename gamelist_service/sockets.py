@@ -285,8 +285,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
     )
     fastpath.install(sio)
     if isinstance(sio.manager, fastpath.FastAsyncManager) and sio.manager.installed:
-        manager = sio.manager
-        manager.session_factory = lambda sock: session.Session(sock, manager.write_eio)
+        session.install(sio.manager)
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     for ns in service.settings.namespaces:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 import pytest
+from engineio.async_socket import AsyncSocket
+
+from gamelist_service import fastpath, session
 
 from .helpers import Recorder, Serve, wait_until
 from .test_fastpath import RawClient
@@ -78,3 +82,18 @@ async def test_a_client_that_closes_is_seen_leaving_at_once(serves: dict[bool, S
     assert wait_until(
         lambda: serve.log().count('(transport close;') + serve.log().count('(client disconnect;') >= before + 2, 5
     )
+
+
+def test_check_passes_with_the_pinned_libraries() -> None:
+    assert session.check() == []
+
+
+def test_a_missing_part_leaves_python_engineios_handler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(AsyncSocket, 'schedule_ping')
+    manager = fastpath.FastAsyncManager()
+    with caplog.at_level(logging.WARNING, 'gamelist_service.session'):
+        assert session.install(manager) is False
+    assert manager.session_factory is None
+    assert 'AsyncSocket.schedule_ping' in caplog.text
