@@ -27,6 +27,8 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
+from . import fastpath
+
 logger = logging.getLogger('gamelist_service.session')
 
 SEEN_ATTR = '_gamelist_seen'  # on the AsyncSocket: monotonic time of the last bytes from the client
@@ -60,7 +62,9 @@ def check() -> list[str]:
 
 
 def install(manager: Any) -> bool:
-    """Run directly connected websockets as Session (manager: the installed FastAsyncManager); False if not."""
+    """Run directly connected websockets as Session when the broadcast fast path is installed; False if not."""
+    if not isinstance(manager, fastpath.FastAsyncManager) or not manager.installed:
+        return False
     missing = check()
     if missing:
         logger.warning(

@@ -284,8 +284,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
-    if isinstance(sio.manager, fastpath.FastAsyncManager) and sio.manager.installed:
-        session.install(sio.manager)
+    session.install(sio.manager)
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     for ns in service.settings.namespaces:

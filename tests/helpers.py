@@ -56,6 +56,15 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b'null')
 
 
+def answers(serve: Serve) -> bool:
+    """True once the serve process answers HTTP at all (any status)."""
+    try:
+        http_get(serve.url + '/health', 1.0)
+    except OSError:
+        return False
+    return True
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from .helpers import (
     ROOT,
     Recorder,
     Serve,
+    answers,
     async_wait_until,
     http_get,
     redis_servers_on,
@@ -372,7 +373,7 @@ def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> Non
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data()), free_port(), '--redis-url', dead)
     serve.start(wait_ready=False)
     try:
-        assert wait_until(lambda: _answers(serve))
+        assert wait_until(lambda: answers(serve))
         status, body = http_get(serve.url + '/ready')
         assert status == 503 and 'Redis is not answering' in body['reason']
         assert http_get(serve.url + '/health')[0] == 200
@@ -381,14 +382,6 @@ def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> Non
         assert not (tmp_path / '.gamelist' / str(serve.port) / 'redis.sock').exists()
     finally:
         assert serve.stop() == 0
-
-
-def _answers(serve: Serve) -> bool:
-    try:
-        http_get(serve.url + '/health', 1.0)
-    except OSError:
-        return False
-    return True
 
 
 def test_json_log_format(tmp_path: Path) -> None:

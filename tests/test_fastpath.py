@@ -139,12 +139,22 @@ class RawClient:
             self._writer.close()
 
 
-def start_serve(workdir: Path, fast: bool) -> Serve:
+def start_serve(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
     data = shipped_data()
     data['server']['fast_broadcast'] = fast
     data['schedules'][0]['every'] = '1h'  # only the start-up run; the test publishes its own lists
+    if limits:
+        data['limits'] = limits
     workdir.mkdir(parents=True, exist_ok=True)
     return Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
+
+
+def fast_and_plain(root: Path) -> Iterator[dict[bool, Serve]]:
+    """A serve with the fast path and one without, for a module's tests; both stop cleanly at the end."""
+    started = {fast: start_serve(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
+    yield started
+    for serve in started.values():
+        assert serve.stop() == 0
 
 
 def redis_of(serve: Serve) -> redis.Redis:
@@ -154,11 +164,7 @@ def redis_of(serve: Serve) -> redis.Redis:
 
 @pytest.fixture(scope='module')
 def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serve]]:
-    root = tmp_path_factory.mktemp('fastpath')
-    started = {fast: start_serve(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
-    yield started
-    for serve in started.values():
-        assert serve.stop() == 0
+    yield from fast_and_plain(tmp_path_factory.mktemp('fastpath'))
 
 
 async def capture(serve: Serve, versions: range, clients: int = 3) -> list[list[bytes]]:

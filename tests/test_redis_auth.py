@@ -18,7 +18,7 @@ from gamelist_service.logs import redact
 from gamelist_service.store import SentinelUrl, Store, connect, parse_sentinel_url, redact_url
 
 from .conftest import RedisServer, cli_command, free_port, wait_for_ping
-from .helpers import Recorder, Serve, http_get, shipped_data, wait_until, write_config
+from .helpers import Recorder, Serve, answers, http_get, shipped_data, wait_until, write_config
 
 PASSWORD = 'sekrit'
 ACL_USER, ACL_PASSWORD = 'gamelist', 'acl-pass-9f3e'
@@ -100,7 +100,7 @@ def test_a_wrong_or_missing_password_is_reported_without_the_password(
     at = f'{credentials}@' if credentials else ''
     serve = serve_on(tmp_path, f'redis://{at}127.0.0.1:{flushed.port}/0').start(wait_ready=False)
     try:
-        assert wait_until(lambda: _answers(serve))
+        assert wait_until(lambda: answers(serve))
         status, body = http_get(serve.url + '/ready')
         assert status == 503
         assert 'Redis is not answering' in body['reason']
@@ -111,14 +111,6 @@ def test_a_wrong_or_missing_password_is_reported_without_the_password(
     finally:
         assert serve.stop() == 0
     assert 'wrong-pass-4711' not in serve.log()
-
-
-def _answers(serve: Serve) -> bool:
-    try:
-        http_get(serve.url + '/health', 1.0)
-    except OSError:
-        return False
-    return True
 
 
 # --- TLS and Sentinel URLs ---------------------------------------------------------------------------------------

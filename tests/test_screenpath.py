@@ -21,9 +21,8 @@ from gamelist_service import fastpath, gamelist, screenpath
 from gamelist_service.gamelist import utc_now_iso
 from gamelist_service.sockets import GameNamespace
 
-from .conftest import free_port
-from .helpers import Serve, shipped_data, wait_until, write_config
-from .test_fastpath import RawClient, fixed_list, redis_of
+from .helpers import Serve, wait_until
+from .test_fastpath import RawClient, fast_and_plain, fixed_list, redis_of, start_serve
 
 SCREEN = b'"event":"main:screen"'
 
@@ -34,16 +33,6 @@ def masked(text: str) -> bytes:
     assert len(data) < 126
     mask = os.urandom(4)
     return bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-def start(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
-    data = shipped_data()
-    data['server']['fast_broadcast'] = fast
-    data['schedules'][0]['every'] = '1h'  # only the start-up run; the test publishes its own list
-    if limits:
-        data['limits'] = limits
-    workdir.mkdir(parents=True, exist_ok=True)
-    return Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
 
 
 def publish_live_list(serve: Serve, version: int, updated_at: str | None = None) -> None:
@@ -69,11 +58,7 @@ def payloads(frames: list[bytes]) -> list[bytes]:
 
 @pytest.fixture(scope='module')
 def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serve]]:
-    root = tmp_path_factory.mktemp('screenpath')
-    started = {fast: start(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
-    yield started
-    for serve in started.values():
-        assert serve.stop() == 0
+    yield from fast_and_plain(tmp_path_factory.mktemp('screenpath'))
 
 
 REQUESTS = ['42["main:screen"]', '427["main:screen"]', '42/gameplay,["main:screen"]', '42/gameplay,0012["main:screen"]']
@@ -147,7 +132,7 @@ async def test_other_frames_and_everything_after_them_take_the_normal_path(serve
 
 
 async def test_a_client_over_its_rate_gets_the_refusal_from_the_normal_path(tmp_path: Path) -> None:
-    serve = start(tmp_path, True, {'events_per_second': 0.01, 'burst': 3, 'over_limit': 'error'})
+    serve = start_serve(tmp_path, True, {'events_per_second': 0.01, 'burst': 3, 'over_limit': 'error'})
     try:
         publish_live_list(serve, 7200)
         client = await RawClient(serve.port).connect()

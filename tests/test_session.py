@@ -12,8 +12,7 @@ from engineio.async_socket import AsyncSocket
 from gamelist_service import fastpath, session
 
 from .helpers import Recorder, Serve, wait_until
-from .test_fastpath import RawClient
-from .test_screenpath import start
+from .test_fastpath import RawClient, fast_and_plain
 
 PING_FRAME = b'\x81\x012'
 CLOSE_OPCODE = 0x8
@@ -32,11 +31,7 @@ class SilentClient(RawClient):
 
 @pytest.fixture(scope='module')
 def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serve]]:
-    root = tmp_path_factory.mktemp('session')
-    started = {fast: start(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
-    yield started
-    for serve in started.values():
-        assert serve.stop() == 0
+    yield from fast_and_plain(tmp_path_factory.mktemp('session'))
 
 
 @pytest.mark.parametrize('fast', [True, False])
@@ -93,6 +88,7 @@ def test_a_missing_part_leaves_python_engineios_handler(
 ) -> None:
     monkeypatch.delattr(AsyncSocket, 'schedule_ping')
     manager = fastpath.FastAsyncManager()
+    manager.installed = True  # as fastpath.install leaves it
     with caplog.at_level(logging.WARNING, 'gamelist_service.session'):
         assert session.install(manager) is False
     assert manager.session_factory is None
