@@ -142,6 +142,8 @@ async def _stop_service(app: App, service: GamelistService, sio: GamelistServer)
         await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
     except TimeoutError:
         logger.warning('scheduler and listener did not stop within %.0fs; going on', STOP_TIMEOUT_S)
+    if sio.lean_hub is not None:  # Sanic closes the websockets it runs; these ones are closed here, the same way
+        await sio.lean_hub.close_all(timeout_s=STOP_TIMEOUT_S)
     await sio.shutdown()
 
 

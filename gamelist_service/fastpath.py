@@ -25,6 +25,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from . import wsframe
+
 logger = logging.getLogger('gamelist_service.fastpath')
 
 try:  # the imports themselves are part of the check: a rename disables the fast path, it does not crash
@@ -32,7 +34,6 @@ try:  # the imports themselves are part of the check: a rename disables the fast
     from engineio.async_socket import AsyncSocket
     from sanic.server.protocols.base_protocol import SanicProtocol
     from sanic.server.websockets.impl import WebsocketImplProtocol
-    from websockets.frames import Frame, Opcode
     from websockets.protocol import State
     from websockets.server import ServerProtocol
 
@@ -63,8 +64,6 @@ def check() -> list[str]:
     need(_eio_sanic, 'WebSocket', '_async', label='engineio.async_drivers.sanic')
     need(_eio_sanic.WebSocket, '__call__', 'wait', 'send', label='engineio sanic WebSocket')
     need(AsyncSocket, '_websocket_handler', 'send', 'check_ping_timeout', 'poll', label='engineio AsyncSocket')
-    need(Frame, 'serialize', label='websockets Frame')
-    need(Opcode, 'TEXT', label='websockets Opcode')
     need(State, 'OPEN', label='websockets State')
     slots = getattr(SanicProtocol, '__slots__', ())
     missing += [f'SanicProtocol.{name}' for name in ('transport', '_can_write', '_time') if name not in slots]
@@ -76,9 +75,6 @@ def check() -> list[str]:
         need(ws, 'ws_proto', 'io_proto', 'conn_mutex', 'data_finished_fut', label='sanic WebsocketImplProtocol()')
         need(ws.ws_proto, 'state', 'extensions', 'expect_continuation_frame', label='websockets ServerProtocol()')
         need(ws.conn_mutex, 'locked', label='asyncio.Lock()')
-        frame = Frame(Opcode.TEXT, 'é'.encode()).serialize(mask=False, extensions=[])
-        if frame != b'\x81\x02\xc3\xa9':
-            missing.append(f'websockets Frame.serialize gives {frame!r}')
         if eio_packet.Packet(eio_packet.MESSAGE, '2["e"]').encode() != '42["e"]':
             missing.append('engineio.packet.Packet(MESSAGE).encode() changed')
     except Exception as exc:  # noqa: BLE001 - any failure of the probe means: do not use the fast path
@@ -157,9 +153,11 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
         async def __call__(self, environ: dict[str, Any]) -> Any:
             handler: Any = getattr(self, 'handler', None)
             owner = getattr(handler, '__self__', None)
-            factory = manager.session_factory
-            if factory is not None and owner is not None and not owner.connected and manager.enabled:
-                self.handler = factory(owner)  # a direct websocket connection (an upgrade keeps its handler)
+            hub = manager.lean_hub
+            # a direct websocket connection (an upgrade from polling keeps python-engineio's handler)
+            direct = hub is not None and owner is not None and not owner.connected and manager.enabled
+            if direct and hub.takeover(owner, environ):
+                return self.server._ok()
             return await super().__call__(environ)
 
         async def wait(self) -> Any:
@@ -200,8 +198,8 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._tasks: set[asyncio.Task[None]] = set()
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
-        # AsyncSocket -> the handler of a websocket that connected directly (session.Session); None: python-engineio's
-        self.session_factory: Callable[[Any], Any] | None = None
+        # runs websockets that connect directly (lean.Hub); None: python-engineio's handler runs them
+        self.lean_hub: Any = None
 
     def initialize(self) -> None:
         super().initialize()
@@ -254,7 +252,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
             return
         eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = Frame(Opcode.TEXT, eio_pkt.encode().encode('utf-8')).serialize(mask=False, extensions=[])
+        frame = wsframe.text_frame(eio_pkt.encode())
         stashed, slow = self._stash(eio, namespace, room, skip_sid, (frame, eio_pkt))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -271,7 +269,6 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         """Note the frame for every idle recipient (written by _flush); returns how many, and the others' eio sids."""
         sockets = eio.sockets
         ping_timeout = eio.ping_timeout
-        open_state = State.OPEN
         now = time.time()
         pending = self._pending
         index = len(self._frames)
@@ -287,17 +284,16 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
                 stashed += 1
                 continue
             sock = sockets.get(eio_sid)
-            ws = getattr(sock, SANIC_WS_ATTR, None)
-            if ws is None or not self.enabled:
-                slow.append(eio_sid)  # polling, not upgraded yet, or gone (the normal path logs and drops it)
+            if sock is None or not self.enabled:
+                slow.append(eio_sid)  # gone (the normal path logs and drops it)
                 continue
             try:
-                idle = _idle(sock, ws, now, ping_timeout, open_state)
+                idle = direct_transport(sock, now, ping_timeout) is not None
             except AttributeError as exc:  # a library changed shape under us: the plain path from now on
                 self.disable(f'{type(exc).__name__}: {exc}')
                 idle = False
             if not idle:
-                slow.append(eio_sid)
+                slow.append(eio_sid)  # polling, not upgraded yet, busy, or closing
                 continue
             pending[eio_sid] = [index]
             stashed += 1
@@ -316,7 +312,6 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         eio = self.server.eio
         sockets = eio.sockets
         ping_timeout = eio.ping_timeout
-        open_state = State.OPEN
         now = time.time()
         mono = self.clock()
         joined: dict[tuple[int, ...], bytes] = {}
@@ -324,9 +319,11 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         written = 0
         for eio_sid, indices in pending.items():
             sock = sockets.get(eio_sid)
-            ws = getattr(sock, SANIC_WS_ATTR, None)
             try:
-                if ws is None or not self.enabled or not _idle(sock, ws, now, ping_timeout, open_state):
+                transport = (
+                    None if sock is None or not self.enabled else direct_transport(sock, now, ping_timeout, mono)
+                )
+                if transport is None:
                     fallback.append((eio_sid, indices))
                     continue
                 if len(indices) == 1:
@@ -334,9 +331,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
                 else:
                     key = tuple(indices)
                     data = joined.get(key) or joined.setdefault(key, b''.join(frames[i][0] for i in indices))
-                io_proto = ws.io_proto
-                io_proto.transport.write(data)
-                io_proto._time = mono
+                transport.write(data)
                 written += 1
             except AttributeError as exc:  # a library changed shape under us: the plain path from now on
                 self.disable(f'{type(exc).__name__}: {exc}')
@@ -369,16 +364,13 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         if eio.logger.isEnabledFor(logging.INFO):
             return False
         sock = eio.sockets.get(eio_sid)
-        ws = getattr(sock, SANIC_WS_ATTR, None)
-        if ws is None:
+        if sock is None:
             return False
         try:
-            if not _idle(sock, ws, time.time(), eio.ping_timeout, State.OPEN):
+            transport = direct_transport(sock, time.time(), eio.ping_timeout, self.clock())
+            if transport is None:
                 return False
-            text = pkt.encode()
-            io_proto = ws.io_proto
-            io_proto.transport.write(Frame(Opcode.TEXT, text.encode('utf-8')).serialize(mask=False, extensions=[]))
-            io_proto._time = self.clock()
+            transport.write(wsframe.text_frame(pkt.encode()))
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False
@@ -388,6 +380,30 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
     async def _send_in_order(self, eio_sid: str, packets: list[Any]) -> None:
         for eio_pkt in packets:
             await self.server._send_eio_packet(eio_sid, eio_pkt)
+
+
+def direct_transport(sock: Any, now: float, ping_timeout: float, mono: float | None = None) -> Any:
+    """The transport to write a frame to now, where the normal path's frame would land; None: the normal path.
+
+    A lean connection (lean.py) writes every frame at once, so it takes any frame while it is open. A websocket run
+    by python-engineio's handler (an upgrade from polling) must be idle: see _idle. mono, when given, is noted as the
+    Sanic protocol's last write time, as its own send does.
+    """
+    if sock.closed or sock.closing:
+        return None
+    lean = getattr(sock, 'lean', None)
+    if lean is not None:
+        last_ping = sock.last_ping
+        if last_ping and now - last_ping > ping_timeout:
+            return None  # AsyncSocket.send closes it; let the normal path do that
+        return lean.open_transport()
+    ws = getattr(sock, SANIC_WS_ATTR, None)
+    if ws is None or not _idle(sock, ws, now, ping_timeout, State.OPEN):
+        return None
+    io_proto = ws.io_proto
+    if mono is not None:
+        io_proto._time = mono
+    return io_proto.transport
 
 
 def _idle(sock: Any, ws: Any, now: float, ping_timeout: float, open_state: Any) -> bool:

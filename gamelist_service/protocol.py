@@ -26,7 +26,7 @@ PROTOCOL_ERROR = 1002  # websocket close code
 _websockets: dict[str, GuardedWebSocket] = {}  # Engine.IO session id -> its open websocket
 
 
-def _engineio_frame_ok(data: str | bytes) -> bool:
+def engineio_frame_ok(data: str | bytes) -> bool:
     """A websocket text frame Engine.IO can decode: a packet type digit first, or 'b' and base64 (binary)."""
     if isinstance(data, bytes):
         return True  # a binary frame is a binary message
@@ -58,7 +58,7 @@ class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
 
     async def wait(self) -> str | bytes:
         data: str | bytes = await super().wait()
-        if not _engineio_frame_ok(data):
+        if not engineio_frame_ok(data):
             logger.warning('closing a websocket: malformed Engine.IO packet %r', data[:40])
             await self.close_with(PROTOCOL_ERROR, 'malformed Engine.IO packet')
             raise OSError('malformed Engine.IO packet')  # engine.io ends the session as after a client close
@@ -142,6 +142,10 @@ async def _close_now(sio: Any, session: Any) -> None:
 async def drop(sio: Any, eio_sid: str, why: str) -> None:
     """Close one client's connection now: its websocket with code 1002, or its polling session."""
     logger.warning('dropping connection %s: %s', eio_sid, why)
+    lean = getattr(sio.eio.sockets.get(eio_sid), 'lean', None)  # a lean.LeanConnection
+    if lean is not None:
+        lean.close(PROTOCOL_ERROR, 'malformed Socket.IO packet')
+        return
     websocket = _websockets.get(eio_sid)
     if websocket is not None:
         await websocket.close_with(PROTOCOL_ERROR, 'malformed Socket.IO packet')

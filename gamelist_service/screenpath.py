@@ -29,10 +29,9 @@ from typing import Any
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import fastpath
+from . import fastpath, wsframe
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope
 from .service import GamelistService
-from .session import PONG_FRAME, mark_seen, take_pong
 
 logger = logging.getLogger('gamelist_service.screenpath')
 
@@ -110,7 +109,6 @@ class ScreenResponder:
 
     def data_received(self, sock: Any, ws: Any, data: bytes) -> None:
         """Sanic's WebsocketImplProtocol.data_received, answering main:screen requests before the normal path."""
-        mark_seen(sock)  # any bytes from the client: it is alive (session.Session's watchdog)
         proto = ws.ws_proto
         proto.receive_data(data)
         to_send = proto.data_to_send()
@@ -119,27 +117,33 @@ class ScreenResponder:
             previous = getattr(ws, TASK_ATTR, None)
             if previous is None or previous.done():  # nothing of an earlier read still on its way
                 try:
-                    events = self._answer(sock, ws, events)
+                    events = self._answer(sock, events)
                 except Exception as exc:  # noqa: BLE001 - a library changed shape: the normal path from now on
                     self.disable(f'{type(exc).__name__}: {exc}')
         if to_send or events:
             setattr(ws, TASK_ATTR, asyncio.get_running_loop().create_task(ws.async_data_received(to_send, events)))
 
-    def _answer(self, sock: Any, ws: Any, events: Sequence[Any]) -> Sequence[Any]:
+    def _answer(self, sock: Any, events: Sequence[Any]) -> Sequence[Any]:
         """Answer the leading main:screen requests; returns the events for the normal path (from the first other)."""
         for index, event in enumerate(events):
             if not isinstance(event, Frame) or event.opcode is not Opcode.TEXT or not event.fin:
                 return events[index:]
-            if event.data == PONG_FRAME:
-                if not take_pong(sock):
-                    return events[index:]
-                continue
-            match = REQUEST.fullmatch(bytes(event.data).decode('utf-8', 'replace'))
-            if match is None or not self._answer_one(sock, ws, match.group(1) or '/', match.group(2)):
+            if not self.answer_text(sock, bytes(event.data).decode('utf-8', 'replace')):
                 return events[index:]
         return ()
 
-    def _answer_one(self, sock: Any, ws: Any, namespace: str, ack_id: str | None) -> bool:
+    def answer_text(self, sock: Any, text: str) -> bool:
+        """Answer this Engine.IO packet if it is a main:screen request that can be answered here; False: not done."""
+        match = REQUEST.fullmatch(text)
+        if match is None or not self.enabled:
+            return False
+        try:
+            return self._answer_one(sock, match.group(1) or '/', match.group(2))
+        except Exception as exc:  # noqa: BLE001 - a library changed shape: the normal path from now on
+            self.disable(f'{type(exc).__name__}: {exc}')
+            return False
+
+    def _answer_one(self, sock: Any, namespace: str, ack_id: str | None) -> bool:
         sio = self.sio
         handler = sio.namespace_handlers.get(namespace)
         if not self._plain_handler(handler) or not self.manager.enabled:
@@ -156,7 +160,8 @@ class ScreenResponder:
         if data is None or eio_sid in self.manager._pending:
             self.passed += 1
             return False
-        if not fastpath._idle(sock, ws, time.time(), eio.ping_timeout, State.OPEN):
+        transport = fastpath.direct_transport(sock, time.time(), eio.ping_timeout, self.manager.clock())
+        if transport is None:
             self.passed += 1
             return False
         limiter = getattr(sio, 'limiter', None)
@@ -164,9 +169,7 @@ class ScreenResponder:
             self.passed += 1
             return False  # the normal path refuses it, with the error ack, and acts on the limit
         text = self.encode(handler.settings.list, data, namespace, ack_id)
-        io_proto = ws.io_proto
-        io_proto.transport.write(Frame(Opcode.TEXT, text.encode('utf-8')).serialize(mask=False, extensions=[]))
-        io_proto._time = self.manager.clock()
+        transport.write(wsframe.text_frame(text))
         self.answered += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('main:screen answered directly: %s on %s', f'ack {ack_id}' if ack_id else 'emit', namespace)

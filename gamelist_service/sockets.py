@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import socketio
 
-from . import fastpath, metrics, screenpath, session, slim
+from . import fastpath, lean, metrics, screenpath, slim
 from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
@@ -49,6 +49,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
         self.closed_sessions = 0  # Engine.IO sessions ended so far (heap.HeapPolicy)
         self.screen_responder: screenpath.ScreenResponder | None = None
+        self.lean_hub: lean.Hub | None = None
         self._closing: set[asyncio.Task[None]] = set()
         super().__init__(*args, **kwargs)
 
@@ -284,9 +285,11 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
-    session.install(sio.manager)
+    sio.lean_hub = lean.install(sio, sio.manager)  # direct websockets without Sanic's websocket machinery
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
+    if sio.lean_hub is not None:
+        sio.lean_hub.responder = sio.screen_responder
     for ns in service.settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
     return sio

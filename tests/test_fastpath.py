@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import redis
@@ -55,7 +55,7 @@ class RawClient:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def connect(self) -> RawClient:
+    async def connect(self) -> Self:
         self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
         key = base64.b64encode(os.urandom(16)).decode()
         self._writer.write(
@@ -333,7 +333,7 @@ async def fast_server(monkeypatch: pytest.MonkeyPatch, idle: list[bool]) -> tupl
     for ns in NAMESPACES:
         await sio.manager.connect('eio-1', ns)
     transport = Transport()
-    sock = SimpleNamespace()
+    sock = SimpleNamespace(closed=False, closing=False)
     setattr(sock, fastpath.SANIC_WS_ATTR, SimpleNamespace(io_proto=SimpleNamespace(transport=transport, _time=0.0)))
     sio.eio.sockets['eio-1'] = sock
     monkeypatch.setattr(fastpath, '_idle', lambda *args: idle.pop(0))

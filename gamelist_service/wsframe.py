@@ -1,0 +1,187 @@
+"""WebSocket frames (RFC 6455) as a server sees them: unmasked frames out, masked client frames in.
+
+Used by lean.py, which runs a websocket connection without Sanic's and websockets' per-connection machinery. No
+extension is negotiated (the handshake offers none), so every RSV bit must be 0. Client frames must be masked.
+Fragmented messages are reassembled, control frames may come between the fragments, and a message longer than
+max_size is refused with close code 1009. The bytes written are the ones websockets writes for the same frame:
+tests/test_wsframe.py compares them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+_apply_mask_c: Callable[[bytes, bytes], bytes] | None
+try:  # websockets' C helper (a dependency already, through Sanic); the pure Python one below otherwise
+    from websockets.speedups import apply_mask as _apply_mask_c
+except ImportError:  # pragma: no cover - only without websockets' compiled extension
+    _apply_mask_c = None
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DATA_OPCODES = frozenset((CONTINUATION, TEXT, BINARY))
+CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
+
+# close codes
+NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG, INTERNAL_ERROR = 1000, 1001, 1002, 1007, 1009, 1011
+NO_STATUS = 1005  # a close frame without a code (never sent in a frame)
+_ALLOWED_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+class FrameError(Exception):
+    """A client frame the protocol forbids; the connection closes with code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    if _apply_mask_c is not None:
+        return _apply_mask_c(data, mask)
+    return _apply_mask_py(data, mask)
+
+
+def _apply_mask_py(data: bytes, mask: bytes) -> bytes:
+    size = len(data)
+    if not size:
+        return b''
+    repeated = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(data, 'big') ^ int.from_bytes(repeated, 'big')).to_bytes(size, 'big')
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame (what a server sends)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x80 | opcode, size)) + payload
+    if size < 65536:
+        return struct.pack('!BBH', 0x80 | opcode, 126, size) + payload
+    return struct.pack('!BBQ', 0x80 | opcode, 127, size) + payload
+
+
+def text_frame(text: str) -> bytes:
+    return frame(TEXT, text.encode('utf-8'))
+
+
+def close_frame(code: int, reason: str = '') -> bytes:
+    cut = reason.encode('utf-8')[:123].decode('utf-8', 'ignore').encode('utf-8')  # whole characters only
+    return frame(CLOSE, struct.pack('!H', code) + cut)
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """The code and reason of a received close frame; FrameError when they are not allowed."""
+    if not payload:
+        return NO_STATUS, ''
+    if len(payload) == 1:
+        raise FrameError(PROTOCOL_ERROR, 'close frame with a 1-byte payload')
+    (code,) = struct.unpack('!H', payload[:2])
+    if code not in _ALLOWED_CODES and not 3000 <= code <= 4999:
+        raise FrameError(PROTOCOL_ERROR, f'close code {code} is not allowed')
+    try:
+        reason = payload[2:].decode('utf-8')
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, 'close reason is not UTF-8') from None
+    return code, reason
+
+
+class FrameReader:
+    """Parses the bytes a client sends into messages and control frames, as they arrive.
+
+    feed() returns (opcode, payload) for each complete TEXT or BINARY message (fragments joined; the payload is
+    bytes, not yet decoded) and for each CLOSE, PING and PONG frame, in order. It raises FrameError for a frame the
+    protocol forbids; the caller closes the connection with its code. Nothing is returned after a CLOSE frame.
+    """
+
+    __slots__ = ('_buffer', '_fragments', '_opcode', '_size', 'closed', 'max_size')
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buffer = b''  # bytes of a frame not complete yet
+        self._fragments: list[bytes] | None = None  # the data frames of a fragmented message so far
+        self._opcode = 0  # that message's opcode
+        self._size = 0  # and its size so far
+        self.closed = False
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self.closed:
+            return []
+        buffer = self._buffer + data if self._buffer else data
+        out: list[tuple[int, bytes]] = []
+        view = memoryview(buffer)
+        total = len(buffer)
+        pos = 0
+        while total - pos >= 2:
+            header = self._header(buffer, pos, total)
+            if header is None:
+                break
+            opcode, fin, size, head = header
+            end = pos + head + 4 + size
+            if end > total:
+                break
+            mask = bytes(view[pos + head : pos + head + 4])
+            payload = apply_mask(bytes(view[pos + head + 4 : end]), mask)
+            pos = end
+            if opcode in CONTROL_OPCODES:
+                out.append((opcode, payload))
+                if opcode == CLOSE:
+                    self.closed = True
+                    break
+            else:
+                message = self._data(opcode, fin, payload)
+                if message is not None:
+                    out.append(message)
+        self._buffer = bytes(view[pos:]) if pos < total else b''
+        return out
+
+    def _header(self, buffer: bytes, pos: int, total: int) -> tuple[int, bool, int, int] | None:
+        """The opcode, FIN, payload size and header length of the frame at pos; None until its header is whole."""
+        first, second = buffer[pos], buffer[pos + 1]
+        if first & 0x70:
+            raise FrameError(PROTOCOL_ERROR, 'reserved bits set (no extension was negotiated)')
+        if not second & 0x80:
+            raise FrameError(PROTOCOL_ERROR, 'client frame not masked')
+        opcode = first & 0x0F
+        fin = bool(first & 0x80)
+        size = second & 0x7F
+        head = 2
+        if size == 126:
+            if total - pos < 4:
+                return None
+            (size,) = struct.unpack_from('!H', buffer, pos + 2)
+            head = 4
+        elif size == 127:
+            if total - pos < 10:
+                return None
+            (size,) = struct.unpack_from('!Q', buffer, pos + 2)
+            head = 10
+        if opcode in CONTROL_OPCODES:
+            if not fin or size > 125:
+                raise FrameError(PROTOCOL_ERROR, 'fragmented or long control frame')
+        elif opcode not in DATA_OPCODES:
+            raise FrameError(PROTOCOL_ERROR, f'unknown opcode {opcode}')
+        elif size > self.max_size or (opcode == CONTINUATION and self._size + size > self.max_size):
+            raise FrameError(TOO_BIG, f'message over {self.max_size} bytes')
+        return opcode, fin, size, head
+
+    def _data(self, opcode: int, fin: bool, payload: bytes) -> tuple[int, bytes] | None:
+        if opcode == CONTINUATION:
+            if self._fragments is None:
+                raise FrameError(PROTOCOL_ERROR, 'continuation frame without a message')
+            self._fragments.append(payload)
+            self._size += len(payload)
+            if not fin:
+                return None
+            joined = b''.join(self._fragments)
+            self._fragments = None
+            self._size = 0
+            return self._opcode, joined
+        if self._fragments is not None:
+            raise FrameError(PROTOCOL_ERROR, 'new message before the last one ended')
+        if fin:
+            return opcode, payload
+        self._fragments = [payload]
+        self._opcode = opcode
+        self._size = len(payload)
+        return None

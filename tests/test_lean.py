@@ -1,0 +1,304 @@
+"""Lean websocket connections (gamelist_service/lean.py) against the plain path, on the wire.
+
+Each behaviour runs against a serve with the fast path (where directly connected websockets are lean connections)
+and one without (Sanic's websocket and python-engineio's handler), and must look the same from the client: pings and
+pongs keep a client, silence ends it, websocket pings are answered, close frames are echoed, a frame the protocol
+forbids closes the connection with the same close code, and a shutdown says 1001 (going away). Where the lean
+connection does more than the plain path (text that is not UTF-8, a message over the limit), its test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from engineio.async_socket import AsyncSocket
+
+from gamelist_service import fastpath, lean, wsframe
+
+from .helpers import Recorder, Serve, wait_until
+from .test_fastpath import RawClient, fast_and_plain, start_serve
+
+PING_FRAME = b'\x81\x012'
+CLOSE_OPCODE = 0x8
+
+
+class SilentClient(RawClient):
+    """A raw websocket client that stops answering pings once told to (a client gone without closing)."""
+
+    answer = True
+
+    def send(self, text: str) -> None:
+        if text == '3' and not self.answer:
+            return
+        super().send(text)
+
+
+class WireClient(RawClient):
+    """A raw websocket client that can also send frames the protocol forbids, and sees the server close."""
+
+    def send_raw(self, data: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(data)
+
+    def close_code(self) -> int | None:
+        for frame in self.frames:
+            if frame[0] & 0x0F == CLOSE_OPCODE:
+                payload = RawClient.payload(frame)
+                return struct.unpack('!H', payload[:2])[0] if len(payload) >= 2 else wsframe.NO_STATUS
+        return None
+
+    def ended(self) -> bool:
+        """The server closed the TCP connection (the reader met the end of the stream)."""
+        return self._task is not None and self._task.done()
+
+
+def masked(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    """A client frame of any size, masked unless told otherwise."""
+    first = (0x80 if fin else 0) | opcode
+    size = len(payload)
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head = bytes((first, bit | size))
+    elif size < 65536:
+        head = struct.pack('!BBH', first, bit | 126, size)
+    else:
+        head = struct.pack('!BBQ', first, bit | 127, size)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.fixture(scope='module')
+def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serve]]:
+    yield from fast_and_plain(tmp_path_factory.mktemp('lean'))
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_client_answering_pings_stays_over_many_intervals(serves: dict[bool, Serve], fast: bool) -> None:
+    serve = serves[fast]  # the tests' config: a ping every 1 s, 2 s to answer; silence for 3 s ends a session
+    client = await RawClient(serve.port).connect()
+    try:
+        await client._wait(lambda: client.frames.count(PING_FRAME) >= 5, timeout_s=20)
+        client.send('4250["main:screen"]')  # and it is still served
+        await client._wait(lambda: any(RawClient.payload(f).startswith(b'4350[') for f in client.frames))
+        assert not any(f[0] & 0x0F == CLOSE_OPCODE for f in client.frames)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_client_that_stops_answering_is_closed_after_interval_and_timeout(
+    serves: dict[bool, Serve], fast: bool
+) -> None:
+    serve = serves[fast]
+    client = SilentClient(serve.port)
+    await client.connect()
+    try:
+        await client._wait(lambda: PING_FRAME in client.frames, timeout_s=10)
+        client.answer = False
+        stopped = time.monotonic()
+        await client._wait(lambda: any(f[0] & 0x0F == CLOSE_OPCODE for f in client.frames), timeout_s=15)
+        waited = time.monotonic() - stopped
+        assert 1.0 <= waited <= 12.0, waited  # the next ping (1 s) and its 2 s to answer; never before a ping
+        assert wait_until(lambda: serve.log().count('left / (') >= 1)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_client_that_closes_is_seen_leaving_at_once(serves: dict[bool, Serve], fast: bool) -> None:
+    serve = serves[fast]
+    before = serve.log().count('(transport close;') + serve.log().count('(client disconnect;')
+    recorder = await Recorder(serve.url, 'websocket').connect()
+    assert (await recorder.call('main:screen'))['status'] == 'success'
+    await recorder.close()
+    # both namespaces left, long before a ping could time out
+    assert wait_until(
+        lambda: serve.log().count('(transport close;') + serve.log().count('(client disconnect;') >= before + 2, 5
+    )
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_only_frames_follow_the_handshake(serves: dict[bool, Serve], fast: bool) -> None:
+    """The 101 and then the OPEN packet's frame: no byte of an HTTP answer after it, on either path."""
+    serve = serves[fast]
+    reader, writer = await asyncio.open_connection('127.0.0.1', serve.port)
+    try:
+        key = 'dGhlIHNhbXBsZSBub25jZQ=='  # RFC 6455's example
+        writer.write(
+            b'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n'
+            b'Connection: Upgrade\r\nSec-WebSocket-Key: ' + key.encode() + b'\r\nSec-WebSocket-Version: 13\r\n\r\n'
+        )
+        head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 10)
+        assert head.startswith(b'HTTP/1.1 101 ')
+        assert b'sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=' in head.lower()
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        assert first[0] == 0x81 and first[1] < 126
+        payload = await asyncio.wait_for(reader.readexactly(first[1]), 10)
+        assert payload.startswith(b'0{"sid":"')
+        writer.write(masked(wsframe.TEXT, b'40'))
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        assert first[0] == 0x81
+        assert (await asyncio.wait_for(reader.readexactly(first[1]), 10)).startswith(b'40{"sid":"')
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_websocket_ping_gets_its_pong(serves: dict[bool, Serve], fast: bool) -> None:
+    client = await WireClient(serves[fast].port).connect()
+    try:
+        client.send_raw(masked(wsframe.PING, b'are you there'))
+        await client._wait(lambda: bytes([0x8A, 13]) + b'are you there' in client.frames)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_fragmented_request_is_answered(serves: dict[bool, Serve], fast: bool) -> None:
+    client = await WireClient(serves[fast].port).connect()
+    try:
+        client.send_raw(masked(wsframe.TEXT, b'4277["main', fin=False))
+        client.send_raw(masked(wsframe.PING, b'between'))  # a control frame between the fragments
+        client.send_raw(masked(wsframe.CONTINUATION, b':screen"]'))
+        await client._wait(
+            lambda: any(RawClient.payload(f).startswith(b'4377[{"status":"success"') for f in client.frames)
+        )
+        assert bytes([0x8A, 7]) + b'between' in client.frames
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_close_frame_is_echoed_and_the_client_leaves(serves: dict[bool, Serve], fast: bool) -> None:
+    serve = serves[fast]
+    before = serve.log().count('left / (')
+    client = await WireClient(serve.port).connect()
+    try:
+        client.send_raw(masked(wsframe.CLOSE, struct.pack('!H', 1000) + b'bye'))
+        await client._wait(client.ended)
+        assert client.close_code() == 1000
+        assert wait_until(lambda: serve.log().count('left / (') >= before + 1, 5)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ('frame', 'code'),
+    [
+        (masked(wsframe.TEXT, b'42["main:screen"]', mask=False), wsframe.PROTOCOL_ERROR),
+        (masked(wsframe.CONTINUATION, b'x'), wsframe.PROTOCOL_ERROR),
+        (masked(0x3, b'x'), wsframe.PROTOCOL_ERROR),
+        (masked(wsframe.TEXT, b'x'), wsframe.PROTOCOL_ERROR),  # not an Engine.IO packet
+        (masked(wsframe.CLOSE, struct.pack('!H', 999)), wsframe.PROTOCOL_ERROR),
+    ],
+    ids=['unmasked', 'stray-continuation', 'reserved-opcode', 'not-engineio', 'bad-close-code'],
+)
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_forbidden_frame_closes_the_connection_with_the_same_code(
+    serves: dict[bool, Serve], fast: bool, frame: bytes, code: int
+) -> None:
+    client = await WireClient(serves[fast].port).connect()
+    try:
+        client.send_raw(frame)
+        await client._wait(lambda: client.close_code() is not None)
+        assert client.close_code() == code
+        await client._wait(client.ended)
+    finally:
+        await client.close()
+    other = await WireClient(serves[fast].port).connect()  # and the service goes on
+    await other.close()
+
+
+async def test_text_that_is_not_utf8_closes_with_1007(serves: dict[bool, Serve]) -> None:
+    """RFC 6455 section 8.1. (The plain path differs here: Sanic's websocket drops the frame and keeps the client.)"""
+    client = await WireClient(serves[True].port).connect()
+    try:
+        client.send_raw(masked(wsframe.TEXT, b'42["main:screen\xff"]'))
+        await client._wait(lambda: client.close_code() is not None)
+        assert client.close_code() == wsframe.INVALID_DATA
+    finally:
+        await client.close()
+
+
+async def test_a_message_over_the_limit_is_refused_from_its_header(serves: dict[bool, Serve]) -> None:
+    client = await WireClient(serves[True].port).connect()
+    try:
+        header = masked(wsframe.TEXT, b'4' * 70_000)[:14]  # maxPayload is 65536: the header says enough
+        client.send_raw(header)
+        await client._wait(lambda: client.close_code() is not None)
+        assert client.close_code() == wsframe.TOO_BIG
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_shutdown_says_going_away(tmp_path: Path, fast: bool) -> None:
+    serve = start_serve(tmp_path / 'shutdown', fast)
+    client = await WireClient(serve.port).connect()
+    try:
+        assert await asyncio.to_thread(serve.stop) == 0
+        await client._wait(client.ended)
+        assert client.close_code() == wsframe.GOING_AWAY
+    finally:
+        await client.close()
+
+
+def test_check_passes_with_the_pinned_libraries() -> None:
+    assert lean.check() == []
+
+
+def test_accept_key_is_rfc_6455s() -> None:
+    assert lean.accept_key('dGhlIHNhbXBsZSBub25jZQ==') == 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    assert lean.accept_key('short') is None
+    assert lean.accept_key(base64.b64encode(b'x' * 15).decode()) is None
+    assert lean.accept_key('ü' * 24) is None
+
+
+def test_a_missing_part_leaves_python_engineios_handler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(AsyncSocket, '_send_ping')
+    manager = fastpath.FastAsyncManager()
+    manager.installed = True  # as fastpath.install leaves it
+    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+        assert lean.install(SimpleNamespace(), manager) is None
+    assert manager.lean_hub is None
+    assert 'AsyncSocket._send_ping' in caplog.text
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+        self.written: list[bytes] = []
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+async def test_a_client_that_stops_reading_is_disconnected(caplog: pytest.LogCaptureFixture) -> None:
+    transport = FakeTransport()
+    hub: Any = SimpleNamespace(eio=SimpleNamespace(max_http_buffer_size=1000))
+    conn = lean.LeanConnection(SimpleNamespace(sid='s1'), hub, transport)
+    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+        conn.pause_writing()  # the transport's buffer passed SLOW_CLIENT_BYTES
+        await asyncio.sleep(0)  # the abort comes on the next turn of the loop
+    assert transport.aborted
+    assert 's1 has 4194304 bytes it does not read' in caplog.text
