@@ -2,8 +2,9 @@
 
 python-socketio's AsyncManager.emit creates a task per recipient, which puts the packet on the Engine.IO queue, which
 wakes the connection's writer task, which takes Sanic's websocket lock and writes one frame. FastAsyncManager.emit
-builds the websocket frame once and, for each recipient whose connection is idle (websocket, open, nothing queued,
-writer parked, transport writable), calls transport.write(frame) in a plain loop. Any other recipient (polling, an
+builds the websocket frame once and, for each recipient whose connection can take it now (a lean connection that is
+open, see lean.py; or a Sanic websocket that is open and idle: nothing queued, writer parked, transport writable),
+calls transport.write(frame) in a plain loop. Any other recipient (polling, an
 upgrade in progress, a busy writer, a paused or closing transport, a ping timeout) goes through the normal path, so
 ordering is kept per client. The bytes on the wire are the same as the normal path's: tests/test_fastpath.py.
 

@@ -16,7 +16,7 @@ MAIN_SCREEN_MESSAGE = 'Current game list'
 
 def utc_now_iso() -> str:
     """ISO 8601 UTC with a Z, as the prototype wrote times."""
-    return datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+    return datetime.now(UTC).isoformat(timespec='microseconds')[:-6] + 'Z'  # strftime's %Y-%m-%dT%H:%M:%S.%fZ
 
 
 def player_counts(template: GameTemplate, rng: random.Random) -> tuple[int, int]:

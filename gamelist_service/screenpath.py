@@ -5,11 +5,13 @@ On the normal path a `main:screen` request passes Sanic's frame assembler, Engin
 packet encoder, which walks the whole reply looking for binary data and JSON-encodes the 4 KB list again for every
 request. Measured: about 640 µs of server CPU per ack (bench/RESULTS.md).
 
-Here the Sanic websocket's data_received (called by the event loop with the bytes off the socket) lets websockets
-parse the frames as before and looks at the text frames first. A frame that is exactly a main:screen request
+Here the request is looked at where its frame arrives: in a lean connection's data_received (lean.py, a websocket
+that connected directly), or in the Sanic websocket's data_received, which lets websockets parse the frames as before
+(a websocket upgraded from polling). A frame that is exactly a main:screen request
 (`42["main:screen"]`, `42/ns,7["main:screen"]`, with or without an ack id) from a client connected to that namespace,
 whose list is held in memory (service.ListCache, keyed by version), whose event bucket has a token, and whose
-connection is idle (fastpath._idle: nothing queued or being written) is answered in place: the reply is the bytes
+connection can take a frame now (fastpath.direct_transport: open, and for a Sanic websocket nothing queued or being
+written) is answered in place: the reply is the bytes
 python-socketio would send (the list's JSON is encoded once per version and spliced into the envelope), framed and
 written to the transport. Any other frame, and every frame after it in the same read, goes the normal way, in order;
 so does every request while a read's earlier frames are still on their way through the normal path. The bytes on
@@ -30,7 +32,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from . import fastpath, wsframe
-from .gamelist import MAIN_SCREEN_MESSAGE, envelope
+from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
 from .service import GamelistService
 
 logger = logging.getLogger('gamelist_service.screenpath')
@@ -50,6 +52,8 @@ EVENT = 'main:screen'
 REQUEST = re.compile(r'42(?:(/[^,?]*),)?([0-9]{1,18})?\["main:screen"\]')
 _DATA = '\x00gamelist-data\x00'  # stands for the list in the envelope; json.dumps gives it as below
 _DATA_JSON = json.dumps(_DATA)
+_TIME = '\x00gamelist-time\x00'  # stands for the reply's timestamp
+_TIME_JSON = json.dumps(_TIME)
 TASK_ATTR = '_gamelist_receive_task'  # on the Sanic websocket: its last read's task on the normal path
 
 
@@ -93,7 +97,8 @@ class ScreenResponder:
         self.enabled = True
         self.answered = 0  # requests answered here
         self.passed = 0  # main:screen requests handed to the normal path
-        self._encoded: dict[str, tuple[dict[str, Any], str]] = {}  # list name -> (the data, its JSON)
+        # list name -> (the data, the reply's JSON around its timestamp: for an emit, for an ack)
+        self._encoded: dict[str, tuple[dict[str, Any], tuple[tuple[str, str], tuple[str, str]]]] = {}
 
     def disable(self, reason: str) -> None:
         if self.enabled:
@@ -189,17 +194,29 @@ class ScreenResponder:
         """The Engine.IO packet python-socketio sends for the handler's reply (its ack, or its emit to the sender)."""
         held = self._encoded.get(list_name)
         if held is None or held[0] is not data:
-            held = (data, json.dumps(data, separators=(',', ':')))
+            held = (data, _pieces(data))
             self._encoded[list_name] = held
-        reply = envelope({}, EVENT, MAIN_SCREEN_MESSAGE)  # the envelope with this reply's timestamp
-        reply['data'] = _DATA  # in its place: json.dumps keeps the order of the keys
         if ack_id is not None:
-            body = json.dumps([reply], separators=(',', ':'))
+            before, after = held[1][1]
             head = '43' + ('' if namespace == '/' else namespace + ',') + str(int(ack_id))
         else:
-            body = json.dumps([EVENT, reply], separators=(',', ':'))
+            before, after = held[1][0]
             head = '42' + ('' if namespace == '/' else namespace + ',')
-        return head + body.replace(_DATA_JSON, held[1], 1)
+        return head + before + utc_now_iso() + after  # the timestamp is ASCII: its JSON is itself in quotes
+
+
+def _pieces(data: dict[str, Any]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The reply's JSON around its timestamp, for an emit and for an ack: encoded once per version of the list."""
+    reply = envelope({}, EVENT, MAIN_SCREEN_MESSAGE)
+    reply['data'] = _DATA  # in their places: json.dumps keeps the order of the keys
+    reply['timestamp'] = _TIME
+    data_json = json.dumps(data, separators=(',', ':'))
+    pieces = []
+    for args in ([EVENT, reply], [reply]):
+        before, _, after = json.dumps(args, separators=(',', ':')).partition(_TIME_JSON)
+        before, after = before.replace(_DATA_JSON, data_json, 1), after.replace(_DATA_JSON, data_json, 1)
+        pieces.append((before + '"', '"' + after))
+    return pieces[0], pieces[1]
 
 
 def install(sio: Any, service: GamelistService, namespace_class: Any) -> ScreenResponder | None:

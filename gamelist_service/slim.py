@@ -14,6 +14,8 @@ an asyncio.Queue it never uses, and python-engineio's Sanic driver defines a new
 
 Each relies on CPython's asyncio and the libraries' attribute names; check() verifies them at start and the service
 runs without these cuts (logged) when one is missing. A list behaves as the deque here: these hold 0 or 1 items.
+Since lean.py runs the websockets that connect directly, trim() meets the ones upgraded from polling; lean.py shares
+EMPTY_INPUT, and its sessions keep the small queue (empty after the handshake).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gamelist_service import gamelist
 from gamelist_service.gamelist import (
     MAIN_SCREEN_MESSAGE,
     UPDATED_MESSAGE,
@@ -213,6 +214,24 @@ def test_utc_now_iso() -> None:
     assert value.endswith('Z')
     assert '+' not in value
     assert before <= parse_iso_z(value) <= after
+
+
+@pytest.mark.parametrize(
+    'moment',
+    [
+        datetime(2026, 11, 26, 3, 14, 55, 793608, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=UTC),  # microsecond 0: still six digits
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_utc_now_iso_writes_what_the_prototype_wrote(monkeypatch: pytest.MonkeyPatch, moment: datetime) -> None:
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Frozen:
+            return cls.fromtimestamp(moment.timestamp(), tz)
+
+    monkeypatch.setattr(gamelist, 'datetime', Frozen)
+    assert utc_now_iso() == moment.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 
 def test_envelope_shape() -> None:

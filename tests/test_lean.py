@@ -302,3 +302,33 @@ async def test_a_client_that_stops_reading_is_disconnected(caplog: pytest.LogCap
         await asyncio.sleep(0)  # the abort comes on the next turn of the loop
     assert transport.aborted
     assert 's1 has 4194304 bytes it does not read' in caplog.text
+
+
+async def handshake_status(port: int, key: str) -> bytes:
+    reader, writer = await asyncio.open_connection('127.0.0.1', port)
+    try:
+        writer.write(
+            b'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n'
+            b'Connection: Upgrade\r\nSec-WebSocket-Key: ' + key.encode() + b'\r\nSec-WebSocket-Version: 13\r\n\r\n'
+        )
+        return (await asyncio.wait_for(reader.readline(), 10)).strip()
+    finally:
+        writer.close()
+
+
+async def test_a_bad_handshake_gets_the_plain_paths_answer(serves: dict[bool, Serve]) -> None:
+    """A key that is not 16 bytes of base64: the lean path leaves it to websockets, as the plain path does."""
+    fast = await handshake_status(serves[True].port, 'not-a-key')
+    assert fast == await handshake_status(serves[False].port, 'not-a-key')
+    assert not fast.startswith(b'HTTP/1.1 101'), fast
+
+
+def test_a_library_changed_at_run_time_leaves_the_drivers_handler(caplog: pytest.LogCaptureFixture) -> None:
+    hub = lean.Hub.__new__(lean.Hub)  # only what takeover reads
+    hub.enabled = True
+    request = SimpleNamespace(transport=SimpleNamespace(is_closing=lambda: False))  # no headers any more
+    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+        assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
+        assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
+    assert hub.enabled is False
+    assert caplog.text.count("lean websocket connections off, python-engineio's handler runs them") == 1

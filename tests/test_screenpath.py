@@ -171,7 +171,8 @@ def fake_service(data: dict[str, Any] | None) -> Any:
 def test_encode_gives_what_python_socketio_sends(
     monkeypatch: pytest.MonkeyPatch, namespace: str, ack_id: str | None
 ) -> None:
-    monkeypatch.setattr(gamelist, 'utc_now_iso', lambda: '2026-11-26T00:00:00.000000Z')
+    for module in (gamelist, screenpath):  # the envelope's timestamp, and the one the direct answer splices in
+        monkeypatch.setattr(module, 'utc_now_iso', lambda: '2026-11-26T00:00:00.000000Z')
     data = fixed_list(3) | {'note': 'Покер ♠ 🎲 "quoted" \\ \x00'}
     responder = screenpath.ScreenResponder(None, fake_service(data), None, GameNamespace)  # type: ignore[arg-type]
     reply = gamelist.envelope(data, 'main:screen', gamelist.MAIN_SCREEN_MESSAGE)
