@@ -155,9 +155,8 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
             handler: Any = getattr(self, 'handler', None)
             owner = getattr(handler, '__self__', None)
             hub = manager.lean_hub
-            # a direct websocket connection (an upgrade from polling keeps python-engineio's handler)
-            direct = hub is not None and owner is not None and not owner.connected and manager.enabled
-            if direct and hub.takeover(owner, environ):
+            # a websocket connection, direct or an upgrade from polling: run by lean.py if it can
+            if hub is not None and owner is not None and manager.enabled and hub.takeover(owner, environ):
                 return self.server._ok()
             return await super().__call__(environ)
 

@@ -1,13 +1,13 @@
 """Websocket connections run without Sanic's websocket machinery: the connection is an asyncio.Protocol of its own.
 
-A client that connects over websocket directly (`/socket.io/?EIO=4&transport=websocket`) went through Sanic's
-request handler, which stayed suspended for the connection's lifetime (a chain of a dozen coroutines through Sanic,
+A websocket client (`/socket.io/?EIO=4&transport=websocket`, directly or to upgrade a polling session) went
+through Sanic's request handler, which stayed suspended for the connection's lifetime (a chain of a dozen coroutines through Sanic,
 python-engineio and the driver), Sanic's websocket protocol with its frame assembler and a task waiting on it, a task
 closing it when the handler ends, websockets' parser, python-engineio's ping task and a writer task: 26 coroutines, 6
 tasks and about 32 KB of RSS per connection (measured: bench/README.md). Node's socket.io holds about 16 KB; a lean
 connection about 6.5 KB (the transport, this protocol object, the socket, python-socketio's entries, the environ).
 
-Here, when python-engineio hands the handshake to its websocket driver (fastpath.RecordingWebSocket), Hub.takeover
+Here, when python-engineio hands a websocket handshake to its driver (fastpath.RecordingWebSocket), Hub.takeover
 answers it (101, the RFC 6455 accept key) and makes the transport's protocol a LeanConnection; Sanic's request then
 ends as after any response (its protocol is given a transport that writes nowhere, and lets go of the connection).
 The engineio AsyncSocket stays the session, as a LeanSocket:
@@ -18,8 +18,10 @@ The engineio AsyncSocket stays the session, as a LeanSocket:
 - pings come from one timer per connection instead of a sleeping task; a missing pong is found by python-engineio's
   own service task (check_ping_timeout), which closes the session as before;
 - when the connection drops, the session is closed with the same reason python-engineio gives (transport close).
-A connection that upgrades from polling keeps python-engineio's handler, and so does every connection when check()
-finds something missing (logged). The bytes on the wire are the same: tests/test_lean.py.
+A connection that upgrades from polling runs the same steps as python-engineio's handler (2probe, 3probe and a NOOP
+for the pending poll, then UPGRADE); only then does its socket become a LeanSocket, and a failed upgrade leaves the
+session polling. Every connection keeps python-engineio's handler when check() finds something missing (logged).
+The bytes on the wire are the same: tests/test_lean.py.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ SLOW_CLIENT_BYTES = 4 * 1024 * 1024  # unsent bytes at which a client that stopp
 FIRST_PING_ATTR = '_gamelist_first_ping'  # python-engineio's ping task of a socket that is not connected yet
 PING_FRAME = wsframe.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 PONG = eio_packet.Packet(eio_packet.PONG).encode()
+PROBE = eio_packet.Packet(eio_packet.PING, data='probe').encode()
+PROBE_ANSWER = wsframe.text_frame(eio_packet.Packet(eio_packet.PONG, data='probe').encode())
+UPGRADE = eio_packet.Packet(eio_packet.UPGRADE).encode()
+OPEN, PROBING, UPGRADING = 0, 1, 2  # LeanConnection.stage
 
 
 def check() -> list[str]:
@@ -110,7 +116,8 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             self.lean.schedule_ping()
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        await super().close(wait=wait, abort=abort, reason=reason)
+        # nothing to wait for: sends are written at once (the queue may hold a NOOP for a poll that never came)
+        await super().close(wait=False, abort=abort, reason=reason)
         self.lean.close(wsframe.NORMAL)
 
 
@@ -150,7 +157,7 @@ class _Detached:
 class LeanConnection(asyncio.Protocol):
     """One websocket connection of an Engine.IO session; see the module docstring."""
 
-    __slots__ = ('hub', 'ping_handle', 'reader', 'sock', 'task', 'transport')
+    __slots__ = ('hub', 'ping_handle', 'reader', 'sock', 'stage', 'task', 'transport')
 
     def __init__(self, sock: Any, hub: Hub, transport: Any) -> None:
         self.sock = sock
@@ -159,6 +166,7 @@ class LeanConnection(asyncio.Protocol):
         self.reader = wsframe.FrameReader(hub.eio.max_http_buffer_size)
         self.ping_handle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # the last packet's task on the normal path, until it ends
+        self.stage = OPEN  # or, for an upgrade from polling, PROBING, then UPGRADING
 
     # -- the transport's callbacks
 
@@ -203,7 +211,7 @@ class LeanConnection(asyncio.Protocol):
         if self.ping_handle is not None:
             self.ping_handle.cancel()
             self.ping_handle = None
-        self.hub.ended(self.sock)
+        self.hub.ended(self.sock, self)
 
     # -- Engine.IO
 
@@ -211,6 +219,8 @@ class LeanConnection(asyncio.Protocol):
         """One Engine.IO packet from the client; False when it closed the connection."""
         sock = self.sock
         hub = self.hub
+        if self.stage != OPEN:
+            return self.upgrade_step(data)
         if isinstance(data, str):
             if data == PONG and not hub.verbose():
                 sock.schedule_ping()
@@ -233,6 +243,30 @@ class LeanConnection(asyncio.Protocol):
         self.task = task
         task.add_done_callback(self._received)
         return True
+
+    def upgrade_step(self, data: str | bytes) -> bool:
+        """An upgrade from polling, as python-engineio's handler runs it: 2probe -> 3probe (and a NOOP ends the
+        poll), then 5 (UPGRADE) and the websocket carries the session. Anything else: the upgrade fails, this
+        websocket closes and the session goes on polling. False when it closed."""
+        sock = self.sock
+        if self.stage == PROBING and data == PROBE:
+            self.write(PROBE_ANSWER)
+            sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # end the pending poll
+            self.stage = UPGRADING
+            return True
+        if self.stage == UPGRADING and data == UPGRADE:
+            self.stage = OPEN
+            self.hub.became_lean(sock, self)
+            return True
+        logger.info(
+            '%s: websocket upgrade failed: %r instead of %s',
+            sock.sid,
+            data[:20],
+            'PING probe' if self.stage == PROBING else 'UPGRADE',
+        )
+        sock.upgrading = False
+        self.close(wsframe.NORMAL)
+        return False
 
     async def _receive(self, pkt: Any) -> None:
         sock = self.sock
@@ -298,6 +332,15 @@ class LeanConnection(asyncio.Protocol):
         self.close(code, reason)
 
 
+def _release_request(environ: dict[str, Any]) -> None:
+    """Let the handshake's Sanic request (and its protocol) go: the environ keeps the peer address and the headers."""
+    request = environ.pop('sanic.request', None)
+    if request is not None:
+        environ['REMOTE_ADDR'] = getattr(request, 'ip', '') or environ.get('REMOTE_ADDR', '')
+    if getattr(environ.get('wsgi.input'), 'payload', None) == b'':  # a class per request (the driver's)
+        environ['wsgi.input'] = slim.EMPTY_INPUT
+
+
 class Hub:
     """Takes over the directly connected websockets of one Engine.IO server, and ends their sessions."""
 
@@ -335,6 +378,8 @@ class Hub:
             return False
 
     def _takeover(self, sock: Any, environ: dict[str, Any]) -> bool:
+        if sock.closed or sock.closing or sock.upgraded or sock.upgrading:
+            return False
         request = environ.get('sanic.request')
         transport = getattr(request, 'transport', None)
         if request is None or transport is None or transport.is_closing():
@@ -357,10 +402,7 @@ class Hub:
         sanic_protocol.transport = _Detached()
         http.keep_alive = False
         sanic_protocol.connections.discard(sanic_protocol)
-        environ['REMOTE_ADDR'] = request.ip or environ.get('REMOTE_ADDR', '')
-        environ.pop('sanic.request', None)  # the request and Sanic's protocol can go
-        if getattr(environ.get('wsgi.input'), 'payload', None) == b'':  # a class per request (the driver's)
-            environ['wsgi.input'] = slim.EMPTY_INPUT
+        _release_request(environ)
         # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
         # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
         contextvars.Context().run(self._attach, sock, transport, early)
@@ -370,25 +412,40 @@ class Hub:
         conn = LeanConnection(sock, self, transport)
         transport.set_protocol(conn)
         transport.set_write_buffer_limits(high=SLOW_CLIENT_BYTES)
+        if sock.connected:  # an upgrade from polling: the session is the websocket's once the client says so
+            conn.stage = PROBING
+            sock.upgrading = True  # as python-engineio: polls get a NOOP from now on
+        else:
+            sock.connected = True
+            self.became_lean(sock, conn)
+        if early:
+            conn.data_received(early)
+
+    def became_lean(self, sock: Any, conn: LeanConnection) -> None:
+        """From now on the session's packets go over this connection, written at once."""
         first_ping = vars(sock).pop(FIRST_PING_ATTR, None)
         sock.__class__ = LeanSocket
         sock.lean = conn
-        sock.connected = True
         sock.upgraded = True
-        if first_ping is not None:
-            first_ping.cancel()
+        sock.upgrading = False
+        if first_ping is not None and not first_ping.done():
+            first_ping.cancel()  # python-engineio's first ping, still asleep: the connection's timer pings instead
             conn.schedule_ping()
         queue = sock.queue
-        while not queue.empty():  # what python-engineio queued (the OPEN packet), written in order
+        while not queue.empty():  # what python-engineio queued (the OPEN packet; after polling, what waited), in order
             pkt = queue.get_nowait()
             queue.task_done()
             if pkt is not None:
                 conn.write_packet(pkt)
-        if early:
-            conn.data_received(early)
+        environ = self.sio.environ.get(sock.sid)  # python-socketio's copy of the session's first request
+        if environ is not None:
+            _release_request(environ)
 
-    def ended(self, sock: Any) -> None:
+    def ended(self, sock: Any, conn: LeanConnection) -> None:
         """The connection is gone: end the Engine.IO session (the transport-close reason), as python-engineio does."""
+        if getattr(sock, 'lean', None) is not conn:  # an upgrade that did not happen: the session goes on polling
+            sock.upgrading = False
+            return
         if sock.closed:
             self._forget(sock)
             return

@@ -177,7 +177,9 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
             marker = 'reload applied' if attempt % 2 else 'reload rejected'
             assert await async_wait_until(lambda m=marker, n=attempt // 2 + 1: serve.log().count(m) >= n)  # type: ignore[misc]
         last = (await clients[0].call('main:screen'))['data']['version']
-        assert await async_wait_until(lambda: all(last in versions(c) for c in clients), timeout_s=15)
+        reached = await async_wait_until(lambda: all(last in versions(c) for c in clients), timeout_s=15)
+        missing = [(c.transport, versions(c)[-3:], c.disconnects) for c in clients if last not in versions(c)]
+        assert reached, (last, missing)
         for client in clients:
             assert client.sio.connected and client.disconnects == []
             seen = versions(client)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from .conftest import free_port
-from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, write_config
+from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
 
 MAX_SIZE = 65536  # server.max_http_buffer_size in the shipped file
 ACK_TIMEOUT_S = 5.0
@@ -43,6 +43,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     workdir = tmp_path_factory.mktemp('hostile')
     config = serve_config(workdir, events_per_second=1_000_000, burst=1_000_000)
     serve = Serve(workdir, config, free_port()).start()
+    # the start-up tick written first: a main:screen before it would rebuild the list, and the tick rewrite it
+    assert wait_until(lambda: 'refreshed list current' in serve.log())
     yield serve
     assert serve.stop() == 0
     assert 'Traceback' not in serve.log(), serve.log()[-4000:]

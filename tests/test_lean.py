@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import struct
@@ -20,13 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
+import socketio
 from engineio.async_socket import AsyncSocket
 
 from gamelist_service import fastpath, lean, wsframe
 
-from .helpers import Recorder, Serve, wait_until
-from .test_fastpath import RawClient, fast_and_plain, start_serve
+from .helpers import Recorder, Serve, async_wait_until, wait_until
+from .test_fastpath import NAMESPACES, RawClient, fast_and_plain, fixed_list, redis_of, start_serve
 
 PING_FRAME = b'\x81\x012'
 CLOSE_OPCODE = 0x8
@@ -332,3 +335,109 @@ def test_a_library_changed_at_run_time_leaves_the_drivers_handler(caplog: pytest
         assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
     assert hub.enabled is False
     assert caplog.text.count("lean websocket connections off, python-engineio's handler runs them") == 1
+
+
+class UpgradeClient(WireClient):
+    """A raw client that starts on polling and upgrades to websocket, step by step, as socket.io clients do."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.sid = ''
+        self.http: aiohttp.ClientSession | None = None
+
+    def url(self, transport: str) -> str:
+        return f'http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport={transport}&sid={self.sid}'
+
+    async def open_polling(self) -> None:
+        self.http = aiohttp.ClientSession()
+        async with self.http.get(f'http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=polling') as response:
+            body = await response.text()
+        assert body.startswith('0{'), body
+        self.sid = json.loads(body[1:])['sid']
+
+    async def poll(self) -> str:
+        assert self.http is not None
+        async with self.http.get(self.url('polling')) as response:
+            return f'{response.status} {await response.text()}'
+
+    async def open_websocket(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._writer.write(
+            (
+                f'GET /socket.io/?EIO=4&transport=websocket&sid={self.sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                f'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n'
+                'Sec-WebSocket-Version: 13\r\n\r\n'
+            ).encode()
+        )
+        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
+        assert head.startswith(b'HTTP/1.1 101'), head
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    def texts(self) -> list[str]:
+        return [RawClient._text(f) for f in self.frames]
+
+    async def close(self) -> None:
+        await super().close()
+        if self.http is not None:
+            await self.http.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_an_upgrade_from_polling_carries_the_session(serves: dict[bool, Serve], fast: bool) -> None:
+    client = UpgradeClient(serves[fast].port)
+    try:
+        await client.open_polling()
+        pending = asyncio.ensure_future(client.poll())  # a poll waiting, as the client's is during the probe
+        await client.open_websocket()
+        client.send('2probe')
+        await client._wait(lambda: '3probe' in client.texts())
+        assert await asyncio.wait_for(pending, 10) == '200 6'  # the NOOP that ends the pending poll
+        client.send('5')
+        for ns in NAMESPACES:
+            client.send('40' if ns == '/' else f'40{ns},')
+        await client._wait(lambda: client.connected == set(NAMESPACES))
+        client.send('4231["main:screen"]')
+        await client._wait(lambda: any(t.startswith('4331[{"status":"success"') for t in client.texts()))
+        await client._wait(lambda: client.texts().count('2') >= 3, timeout_s=20)  # pings over the websocket
+        assert client.close_code() is None
+        assert await client.poll() == '400 "Unexpected HTTP request"'  # polling is over (python-engineio's answer)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_a_failed_upgrade_leaves_the_session_polling(serves: dict[bool, Serve], fast: bool) -> None:
+    client = UpgradeClient(serves[fast].port)
+    try:
+        await client.open_polling()
+        await client.open_websocket()
+        client.send('2probe')
+        await client._wait(lambda: '3probe' in client.texts())
+        assert await asyncio.wait_for(client.poll(), 10) == '200 6'
+        client.send('4')  # not the UPGRADE packet
+        await client._wait(client.ended)
+        assert (await asyncio.wait_for(client.poll(), 10)).startswith('200 ')  # the session answers polls
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize('fast', [True, False])
+async def test_python_socketio_client_upgrades_and_gets_broadcasts(serves: dict[bool, Serve], fast: bool) -> None:
+    """The client's default: polling first, then websocket."""
+    serve = serves[fast]
+    client = socketio.AsyncClient(reconnection=False)
+    versions: list[int] = []
+    client.on('game_list:updated', lambda data: versions.append(data['data']['version']), namespace='/gameplay')
+    await client.connect(serve.url, namespaces=['/', '/gameplay'])
+    try:
+        assert await async_wait_until(lambda: client.transport() == 'websocket')
+        redis_client = redis_of(serve)
+        try:
+            redis_client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': fixed_list(4242)}))
+        finally:
+            redis_client.close()
+        assert await async_wait_until(lambda: 4242 in versions)
+        assert (await client.call('main:screen', namespace='/gameplay', timeout=5))['status'] == 'success'
+    finally:
+        await client.disconnect()
