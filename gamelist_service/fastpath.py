@@ -198,7 +198,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self._tasks: set[asyncio.Task[None]] = set()
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
-        # runs websockets that connect directly (lean.Hub); None: python-engineio's handler runs them
+        # runs websocket connections, direct or upgraded from polling (lean.Hub); None: python-engineio's handler does
         self.lean_hub: Any = None
 
     def initialize(self) -> None:
@@ -354,10 +354,6 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
 
     def write_now(self, eio_sid: str, encoded: str) -> bool:
         """Write one Socket.IO packet to an idle websocket client now; False: the caller takes the normal path."""
-        return self.write_eio(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, encoded))
-
-    def write_eio(self, eio_sid: str, pkt: Any) -> bool:
-        """Write one Engine.IO text packet to an idle websocket client now; False: the caller takes the normal path."""
         if not self.enabled or not self.installed or eio_sid in self._pending:  # frames of this turn go first
             return False
         eio = self.server.eio
@@ -370,7 +366,7 @@ class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             transport = direct_transport(sock, time.time(), eio.ping_timeout, self.clock())
             if transport is None:
                 return False
-            transport.write(wsframe.text_frame(pkt.encode()))
+            transport.write(wsframe.text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode()))
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False

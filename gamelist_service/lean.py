@@ -304,8 +304,8 @@ class LeanConnection(asyncio.Protocol):
         return None if transport is None or transport.is_closing() else transport
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
+        transport = self.open_transport()
+        if transport is not None:
             transport.write(data)
 
     def write_packet(self, pkt: Any) -> None:
@@ -317,8 +317,8 @@ class LeanConnection(asyncio.Protocol):
 
     def close(self, code: int, reason: str = '') -> None:
         """Send a close frame and close the transport (after what is buffered is written); the session then ends."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        transport = self.open_transport()
+        if transport is None:
             return
         self.reader.closed = True
         if code == wsframe.NO_STATUS:
@@ -480,7 +480,7 @@ class Hub:
 
 
 def install(sio: Any, manager: Any) -> Hub | None:
-    """Take over direct websocket connections when the broadcast fast path is installed and check() passes."""
+    """Take over websocket connections when the broadcast fast path is installed and check() passes."""
     if not getattr(manager, 'installed', False) or not hasattr(manager, 'lean_hub'):
         return None
     missing = check()

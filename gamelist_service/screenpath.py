@@ -121,10 +121,7 @@ class ScreenResponder:
         if events and not to_send and self.enabled:
             previous = getattr(ws, TASK_ATTR, None)
             if previous is None or previous.done():  # nothing of an earlier read still on its way
-                try:
-                    events = self._answer(sock, events)
-                except Exception as exc:  # noqa: BLE001 - a library changed shape: the normal path from now on
-                    self.disable(f'{type(exc).__name__}: {exc}')
+                events = self._answer(sock, events)  # answer_text disables itself if a library changed shape
         if to_send or events:
             setattr(ws, TASK_ATTR, asyncio.get_running_loop().create_task(ws.async_data_received(to_send, events)))
 

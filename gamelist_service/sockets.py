@@ -285,7 +285,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         trust_forwarded_for=server.trust_forwarded_for,
     )
     fastpath.install(sio)
-    sio.lean_hub = lean.install(sio, sio.manager)  # direct websockets without Sanic's websocket machinery
+    sio.lean_hub = lean.install(sio, sio.manager)  # websockets without Sanic's websocket machinery
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
     sio.screen_responder = screenpath.install(sio, service, GameNamespace)
     if sio.lean_hub is not None:

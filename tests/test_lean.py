@@ -30,6 +30,7 @@ from gamelist_service import fastpath, lean, wsframe
 
 from .helpers import Recorder, Serve, async_wait_until, wait_until
 from .test_fastpath import NAMESPACES, RawClient, fast_and_plain, fixed_list, redis_of, start_serve
+from .test_wsframe import raw_frame
 
 PING_FRAME = b'\x81\x012'
 CLOSE_OPCODE = 0x8
@@ -66,20 +67,8 @@ class WireClient(RawClient):
 
 
 def masked(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    """A client frame of any size, masked unless told otherwise."""
-    first = (0x80 if fin else 0) | opcode
-    size = len(payload)
-    bit = 0x80 if mask else 0
-    if size < 126:
-        head = bytes((first, bit | size))
-    elif size < 65536:
-        head = struct.pack('!BBH', first, bit | 126, size)
-    else:
-        head = struct.pack('!BBQ', first, bit | 127, size)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    """A client frame of any size, masked (with a random key) unless told otherwise."""
+    return raw_frame((0x80 if fin else 0) | opcode, payload, masked=mask, mask=os.urandom(4))
 
 
 @pytest.fixture(scope='module')
