@@ -41,6 +41,7 @@ ENV_REDIS_URL = 'GAMELIST_REDIS_URL'
 ENV_PORT = 'GAMELIST_PORT'
 ENV_STATE_DIR = 'GAMELIST_STATE_DIR'
 SCHEMA_FILE = 'games.schema.json'
+MIN_SECRET_BYTES = 16  # shared secrets (namespace tokens, the admin token) shorter than this are refused
 _REDIS_URL_KINDS = 'embedded, redis://, rediss://, redis+sentinel:// or unix://'
 
 
@@ -267,6 +268,7 @@ def _env_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
                 f'{ENV_REDIS_URL}={redact_url(url)!r} from the environment is not {_REDIS_URL_KINDS}',
             )
     yield from _tolerant(_auth_problems(doc, env))
+    yield from _tolerant(_server_problems(doc, env))
 
 
 def _auth_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
@@ -277,8 +279,9 @@ def _auth_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
             continue
         if auth.get('mode') == 'token' and isinstance(auth.get('token_env'), str):
             path: JsonPath = ('namespaces', ns, 'auth', 'token_env')
-            if not env.get(auth['token_env']):
-                yield _at(doc, path, _unset(auth['token_env'], f'the shared secret of namespace {ns}'))
+            problem = _secret_problem(auth['token_env'], env, f'the shared secret of namespace {ns}')
+            if problem:
+                yield _at(doc, path, problem)
         jwt_conf = auth.get('jwt')
         if auth.get('mode') != 'jwt' or not isinstance(jwt_conf, dict):
             continue
@@ -298,6 +301,30 @@ def _auth_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
 
 def _unset(name: str, what: str) -> str:
     return f'environment variable {name} is not set (or empty); it must hold {what}'
+
+
+def _secret_problem(name: str, env: Mapping[str, str], what: str) -> str | None:
+    """Why the shared secret in environment variable name cannot be used (never quoting it), or None."""
+    value = env.get(name)
+    if not value:
+        return _unset(name, what)
+    size = len(value.encode('utf-8', 'surrogatepass'))
+    if size < MIN_SECRET_BYTES:
+        return f'{name} holds {size} bytes; {what} must be at least {MIN_SECRET_BYTES} bytes (guessable otherwise)'
+    return None
+
+
+def _server_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
+    """The admin token named in the file must be set and long enough; metrics_listen must name a port."""
+    server = doc.data.get('server') or {}
+    name = server.get('admin_token_env')
+    if isinstance(name, str):
+        problem = _secret_problem(name, env, 'the admin token')
+        if problem:
+            yield _at(doc, ('server', 'admin_token_env'), problem)
+    listen = server.get('metrics_listen')
+    if isinstance(listen, str) and ':' in listen and not 1 <= int(listen.rsplit(':', 1)[1]) <= 65535:
+        yield _at(doc, ('server', 'metrics_listen'), f'{listen!r}: the port must be 1-65535')
 
 
 def check_text(text: str, env: Mapping[str, str]) -> tuple[Document, list[Problem]]:
@@ -353,15 +380,23 @@ def summary(settings: Settings) -> str:
     )
 
 
-def _defaults(section: str) -> dict[str, Any]:
-    props = schema()['properties'][section]['properties']
-    return {key: value['default'] for key, value in props.items() if 'default' in value}
+def _defaults(*section: str) -> dict[str, Any]:
+    """The schema's defaults of one section, e.g. _defaults('redis', 'embedded')."""
+    node = schema()
+    for name in section:
+        node = node['properties'][name]
+    return {key: value['default'] for key, value in node['properties'].items() if 'default' in value}
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(':')
+    return host.strip('[]'), int(port)
 
 
 def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings:
     server = _defaults('server') | data.get('server', {})
     redis = _defaults('redis') | data['redis']
-    embedded = {'state_dir': '.gamelist', 'persistence': False} | redis.get('embedded', {})
+    embedded = _defaults('redis', 'embedded') | redis.get('embedded', {})
     now = datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
     games = tuple(_game(game, now) for game in data['games'])
     all_ids = tuple(game.id for game in games)
@@ -410,6 +445,11 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             sticky_sessions=server['sticky_sessions'],
             fast_broadcast=server['fast_broadcast'],
             trust_forwarded_for=server['trust_forwarded_for'],
+            handshake_timeout_s=parse_duration(server['handshake_timeout']),
+            backlog=server['backlog'],
+            admin_token_env=server.get('admin_token_env', ''),
+            admin_token=env.get(server['admin_token_env'], '') if 'admin_token_env' in server else '',
+            metrics_listen=_host_port(server['metrics_listen']) if 'metrics_listen' in server else None,
         ),
         redis=RedisSettings(
             url=env.get(ENV_REDIS_URL) or redis['url'],
@@ -417,6 +457,8 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             user_ttl_s=parse_duration(redis['user_ttl']),
             state_dir=Path(env.get(ENV_STATE_DIR) or embedded['state_dir']),
             persistence=embedded['persistence'],
+            maxmemory=embedded['maxmemory'],
+            maxmemory_policy=embedded['maxmemory_policy'],
         ),
         namespaces=namespaces,
         games=games,
@@ -433,6 +475,7 @@ def _limits(limits: dict[str, Any]) -> LimitSettings:
         burst=limits['burst'],
         max_connections_per_ip=limits['max_connections_per_ip'],
         over_limit=limits['over_limit'],
+        max_refused_connects=limits['max_refused_connects'],
     )
 
 
@@ -450,6 +493,7 @@ def _auth(auth: dict[str, Any], env: Mapping[str, str]) -> AuthSettings:
             leeway_s=parse_duration(conf.get('leeway', 0)),
             key_env=key_env,
             key=env.get(key_env, ''),
+            user_claim=conf.get('user_claim', 'sub'),
         )
         return AuthSettings('jwt', jwt=jwt)
     return AuthSettings()

@@ -82,9 +82,19 @@ def socket_path_for(directory: Path) -> Path:
 class EmbeddedRedis:
     """Start with start(), stop with stop(); url is a unix:// URL for redis-py."""
 
-    def __init__(self, directory: Path, *, persistence: bool = False, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistence: bool = False,
+        maxmemory: str = '256mb',
+        maxmemory_policy: str = 'volatile-lfu',
+        binary: str | None = None,
+    ) -> None:
         self.directory = directory
         self.persistence = persistence
+        self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
         self.binary = binary
         self.socket = socket_path_for(directory)
         self.process: subprocess.Popen[bytes] | None = None

@@ -42,7 +42,12 @@ def serve(launch: Launch) -> int:
     supervisor: Supervisor | None = None
     try:
         if settings.redis.embedded:
-            embedded = EmbeddedRedis(directory, persistence=settings.redis.persistence)
+            embedded = EmbeddedRedis(
+                directory,
+                persistence=settings.redis.persistence,
+                maxmemory=settings.redis.maxmemory,
+                maxmemory_policy=settings.redis.maxmemory_policy,
+            )
             redis_url = embedded.start()
             # if it dies it is restarted on the same socket; if it keeps dying, serve stops (SIGTERM to itself)
             supervisor = Supervisor(embedded, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))

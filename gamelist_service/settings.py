@@ -26,6 +26,11 @@ class ServerSettings:
     max_http_buffer_size: int = 65536
     fast_broadcast: bool = True
     trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (only behind a proxy)
+    handshake_timeout_s: float = 10.0  # the whole request head must arrive within this time
+    backlog: int = 4096
+    admin_token_env: str = ''
+    admin_token: str = field(default='', repr=False)  # unlocks /ready's details: never in a repr or a log
+    metrics_listen: tuple[str, int] | None = None  # a separate listener for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,8 @@ class RedisSettings:
     user_ttl_s: float = 86400.0
     state_dir: Path = Path('.gamelist')
     persistence: bool = False
+    maxmemory: str = '256mb'
+    maxmemory_policy: str = 'volatile-lfu'
 
     @property
     def embedded(self) -> bool:
@@ -51,6 +58,7 @@ class JwtSettings:
     leeway_s: float = 0.0
     key_env: str = ''
     key: str = field(default='', repr=False)  # the secret or public key itself: never in a repr or a log
+    user_claim: str = 'sub'  # device:info's user_id must equal this claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +77,9 @@ class LimitSettings:
 
     events_per_second: float = 20.0
     burst: int = 100
-    max_connections_per_ip: int = 0  # 0: no cap
+    max_connections_per_ip: int = 100  # 0: no cap
     over_limit: OverLimit = 'disconnect'
+    max_refused_connects: int = 3  # refused namespace connects before the Engine.IO session is closed
 
 
 @dataclass(frozen=True, slots=True)
