@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hmac
 import json as jsonlib
 import logging
 import os
@@ -14,6 +13,7 @@ from typing import Any, cast
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from .auth import secrets_equal
 from .config import schema
 from .exceptions import GamelistError
 from .gamelist import list_data
@@ -113,8 +113,7 @@ def _authorize(request: Request) -> HTTPResponse | None:
             'a bearer token is required: Authorization: Bearer <token>',
             headers={'WWW-Authenticate': 'Bearer realm="gamelist-service"'},
         )
-    # headers and the environment may carry undecodable bytes as surrogates: compare the bytes as they came
-    if not hmac.compare_digest(token.encode('utf-8', 'surrogateescape'), expected.encode('utf-8', 'surrogateescape')):
+    if not secrets_equal(token, expected):
         logger.warning('PUT %s from %s refused: wrong bearer token', request.path, request.ip)
         return _error(403, 'the bearer token is not valid')
     return None

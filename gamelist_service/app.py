@@ -17,7 +17,7 @@ from .exceptions import GamelistError
 from .reload import Launch, ReloadStatus, load_for_reload
 from .service import GamelistService
 from .settings import Settings
-from .sockets import GamelistServer, apply_namespaces, create_server, emit_to_namespace, written
+from .sockets import ClientSummary, GamelistServer, apply_namespaces, create_server, emit_to_namespace, written
 from .store import Store, redact_url
 
 logger = logging.getLogger('gamelist_service.app')
@@ -48,6 +48,9 @@ def create_app(
     app.config.update({'WEBSOCKET_PING_INTERVAL': None})
     app.config.WEBSOCKET_MAX_SIZE = settings.server.max_http_buffer_size
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 3.0
+    # Sanic's request timeout restarts with every chunk; httpproto bounds the whole head. This one sets how often
+    # each connection's timeouts are checked (half the smallest timeout).
+    app.config.update({'REQUEST_TIMEOUT': settings.server.handshake_timeout_s})
 
     store = Store(redis_url)
     store.on_error = lambda operation: metrics.REDIS_ERRORS.labels(operation).inc()
@@ -63,7 +66,9 @@ def create_app(
 
     service = GamelistService(settings, store, emit, written=all_written)
     sio = create_server(service, ASYNC_MODE)
-    protocol.install(sio)  # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback
+    # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback; events are counted first
+    protocol.install(sio, sio.gate, sio.refuse)
+    protocol.guard_requests(sio.eio)
     sio.attach(app)
     app.ctx.settings = settings
     app.ctx.store = store
@@ -98,9 +103,10 @@ def create_app(
         def counts() -> tuple[int, int]:
             return len(server.eio.sockets), server.closed_sessions
 
-        app.ctx.heap_task = asyncio.get_running_loop().create_task(heap.run(heap.HeapPolicy(), counts))
+        loop = asyncio.get_running_loop()
+        app.ctx.heap_task = loop.create_task(heap.run(heap.HeapPolicy(), counts))
+        app.ctx.summary_task = loop.create_task(ClientSummary(server).run())
         if launch is not None:
-            loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, launch))
         logger.info(
             'gamelist-service listening on http://%s:%d (namespaces %s)',
@@ -134,10 +140,11 @@ def create_app(
 
 async def _stop_service(app: App, service: GamelistService, sio: GamelistServer) -> None:
     logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
-    heap_task: asyncio.Task[None] | None = getattr(app.ctx, 'heap_task', None)
-    if heap_task is not None:
-        heap_task.cancel()
-        await asyncio.gather(heap_task, return_exceptions=True)  # it gives the frozen objects back
+    for name in ('summary_task', 'heap_task'):
+        task: asyncio.Task[None] | None = getattr(app.ctx, name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # the heap task gives the frozen objects back
     try:
         await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
     except TimeoutError:

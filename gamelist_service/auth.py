@@ -46,6 +46,15 @@ def token_from(environ: Mapping[str, Any], auth: Any) -> str | None:
     return None
 
 
+def secrets_equal(given: str, expected: str) -> bool:
+    """Compare a presented secret with the expected one in constant time, whatever text was presented.
+
+    compare_digest on bytes: no TypeError for non-ASCII text; 'surrogatepass' encodes even a lone surrogate (JSON's
+    "\\ud800" decodes to one), which a plain encode() would raise on.
+    """
+    return hmac.compare_digest(given.encode('utf-8', 'surrogatepass'), expected.encode('utf-8', 'surrogatepass'))
+
+
 def authenticate(settings: AuthSettings, environ: Mapping[str, Any], auth: Any) -> dict[str, Any]:
     """Check a connect against a namespace's auth; returns the JWT's claims ({} for none or token), else raises."""
     if settings.mode == 'none':
@@ -54,8 +63,7 @@ def authenticate(settings: AuthSettings, environ: Mapping[str, Any], auth: Any) 
     if token is None:
         raise AuthRefused(AUTH_REQUIRED, 'no token')
     if settings.mode == 'token':
-        # compare_digest on bytes: constant time, and no TypeError for non-ASCII text
-        if not settings.token or not hmac.compare_digest(token.encode(), settings.token.encode()):
+        if not settings.token or not secrets_equal(token, settings.token):
             raise AuthRefused(INVALID_TOKEN, 'wrong token')
         return {}
     assert settings.jwt is not None  # the schema requires jwt with mode jwt

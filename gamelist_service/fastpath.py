@@ -26,7 +26,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from . import wsframe
+from . import rooms, wsframe
 
 logger = logging.getLogger('gamelist_service.fastpath')
 
@@ -92,18 +92,24 @@ class _FakeEioServer:
 
 
 def create_manager(enabled: bool) -> socketio.AsyncManager:
-    """The client manager for the server: FastAsyncManager when enabled and the environment has what it needs."""
+    """The client manager for the server: FastAsyncManager when enabled and the environment has what it needs.
+
+    Both it and the plain one keep each client's rooms indexed (rooms.py: O(1) disconnects) when rooms.check() passes.
+    """
+    indexed = not rooms.check()
+    if not indexed:
+        logger.warning("room index off, python-socketio's manager walks every room per disconnect: %s", rooms.check())
     if not enabled:
         logger.info('broadcast fast path off (server.fast_broadcast: false): plain python-socketio emit')
-        return socketio.AsyncManager()
+        return rooms.IndexedAsyncManager() if indexed else socketio.AsyncManager()
     missing = check()
     if missing:
         logger.warning(
             'broadcast fast path disabled, using the plain python-socketio emit: the installed libraries lack %s',
             ', '.join(missing),
         )
-        return socketio.AsyncManager()
-    return FastAsyncManager()
+        return rooms.IndexedAsyncManager() if indexed else socketio.AsyncManager()
+    return FastAsyncManager() if indexed else PlainRoomsFastAsyncManager()
 
 
 def install(sio: socketio.AsyncServer) -> None:
@@ -173,7 +179,7 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
     return RecordingWebSocket
 
 
-class FastAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
+class FastAsyncManager(rooms.IndexedAsyncManager):
     """AsyncManager whose emit writes one prebuilt websocket frame to every idle websocket transport.
 
     The frames of one event-loop turn are written together: emit() notes, for each idle recipient, which frames it
@@ -427,3 +433,12 @@ def _idle(sock: Any, ws: Any, now: float, ping_timeout: float, open_state: Any) 
         return False
     transport = io_proto.transport
     return transport is not None and not transport.is_closing()
+
+
+class PlainRoomsFastAsyncManager(FastAsyncManager):
+    """The fast path over python-socketio's own room bookkeeping (when rooms.check() fails)."""
+
+    basic_enter_room = socketio.AsyncManager.basic_enter_room
+    basic_leave_room = socketio.AsyncManager.basic_leave_room
+    basic_disconnect = socketio.AsyncManager.basic_disconnect
+    get_rooms = socketio.AsyncManager.get_rooms

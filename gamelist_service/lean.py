@@ -49,6 +49,7 @@ logger = logging.getLogger('gamelist_service.lean')
 
 ACCEPT_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 SLOW_CLIENT_BYTES = 4 * 1024 * 1024  # unsent bytes at which a client that stopped reading is disconnected
+MAX_IN_FLIGHT = 4  # a connection's packets on their way through tasks; beyond this its reading pauses
 FIRST_PING_ATTR = '_gamelist_first_ping'  # python-engineio's ping task of a socket that is not connected yet
 PING_FRAME = wsframe.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 PONG = eio_packet.Packet(eio_packet.PONG).encode()
@@ -56,6 +57,7 @@ PROBE = eio_packet.Packet(eio_packet.PING, data='probe').encode()
 PROBE_ANSWER = wsframe.text_frame(eio_packet.Packet(eio_packet.PONG, data='probe').encode())
 UPGRADE = eio_packet.Packet(eio_packet.UPGRADE).encode()
 OPEN, PROBING, UPGRADING = 0, 1, 2  # LeanConnection.stage
+POLICY_VIOLATION = 1008  # websocket close code
 
 
 def check() -> list[str]:
@@ -157,16 +159,19 @@ class _Detached:
 class LeanConnection(asyncio.Protocol):
     """One websocket connection of an Engine.IO session; see the module docstring."""
 
-    __slots__ = ('hub', 'ping_handle', 'reader', 'sock', 'stage', 'task', 'transport')
+    __slots__ = ('backlog', 'deadline', 'hub', 'inflight', 'ip', 'ping_handle', 'reader', 'sock', 'stage', 'transport')
 
-    def __init__(self, sock: Any, hub: Hub, transport: Any) -> None:
+    def __init__(self, sock: Any, hub: Hub, transport: Any, ip: str | None = None) -> None:
         self.sock = sock
         self.hub = hub
         self.transport: Any = transport
         self.reader = wsframe.FrameReader(hub.eio.max_http_buffer_size)
         self.ping_handle: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[None] | None = None  # the last packet's task on the normal path, until it ends
+        self.deadline: asyncio.TimerHandle | None = None  # an upgrade from polling must finish before it
+        self.inflight = 0  # packets of this connection on their way through the normal path (tasks)
+        self.backlog: list[tuple[int, bytes]] | None = None  # frames received while MAX_IN_FLIGHT were in flight
         self.stage = OPEN  # or, for an upgrade from polling, PROBING, then UPGRADING
+        self.ip = ip  # the address this socket is counted under (limits), released when it closes
 
     # -- the transport's callbacks
 
@@ -176,28 +181,45 @@ class LeanConnection(asyncio.Protocol):
         except wsframe.FrameError as exc:
             self.fail(exc.code, exc.reason)
             return
-        for opcode, payload in items:
-            if opcode == wsframe.TEXT:
-                try:
-                    text = payload.decode('utf-8')
-                except UnicodeDecodeError:
-                    self.fail(wsframe.INVALID_DATA, 'text frame is not UTF-8')
-                    return
-                if not self.on_message(text):
-                    return
-            elif opcode == wsframe.BINARY:
-                if not self.on_message(payload):
-                    return
-            elif opcode == wsframe.PING:
-                self.write(wsframe.frame(wsframe.PONG, payload))
-            elif opcode == wsframe.CLOSE:
-                try:
-                    code, _ = wsframe.parse_close(payload)
-                except wsframe.FrameError as exc:
-                    self.fail(exc.code, exc.reason)
-                    return
-                self.close(code)  # the client's code, echoed; its close completes the handshake
+        if self.backlog is not None:  # frames of earlier reads wait for the packets in flight: these go after them
+            self.backlog.extend(items)
+        elif items:
+            self.handle(items)
+
+    def handle(self, items: list[tuple[int, bytes]]) -> None:
+        """Act on received frames in order; with MAX_IN_FLIGHT packets in flight, the rest wait (reading paused)."""
+        for index, (opcode, payload) in enumerate(items):
+            if self.inflight >= MAX_IN_FLIGHT:
+                self.backlog = items[index:]
+                transport = self.open_transport()
+                if transport is not None:
+                    transport.pause_reading()  # backpressure: the client's next bytes wait in the kernel
                 return
+            if not self.handle_frame(opcode, payload):
+                return  # the connection closed
+
+    def handle_frame(self, opcode: int, payload: bytes) -> bool:
+        """One frame; False when the connection closed."""
+        if opcode == wsframe.TEXT:
+            try:
+                text = payload.decode('utf-8')
+            except UnicodeDecodeError:
+                self.fail(wsframe.INVALID_DATA, 'text frame is not UTF-8')
+                return False
+            return self.on_message(text)
+        if opcode == wsframe.BINARY:
+            return self.on_message(payload)
+        if opcode == wsframe.PING:
+            self.write(wsframe.frame(wsframe.PONG, payload))
+        elif opcode == wsframe.CLOSE:
+            try:
+                code, _ = wsframe.parse_close(payload)
+            except wsframe.FrameError as exc:
+                self.fail(exc.code, exc.reason)
+                return False
+            self.close(code)  # the client's code, echoed; its close completes the handshake
+            return False
+        return True
 
     def pause_writing(self) -> None:
         transport = self.transport
@@ -208,9 +230,10 @@ class LeanConnection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self.reader.closed = True
-        if self.ping_handle is not None:
-            self.ping_handle.cancel()
-            self.ping_handle = None
+        for handle in (self.ping_handle, self.deadline):
+            if handle is not None:
+                handle.cancel()
+        self.ping_handle = self.deadline = None
         self.hub.ended(self.sock, self)
 
     # -- Engine.IO
@@ -221,6 +244,7 @@ class LeanConnection(asyncio.Protocol):
         hub = self.hub
         if self.stage != OPEN:
             return self.upgrade_step(data)
+        gate = hub.gate
         if isinstance(data, str):
             if data == PONG and not hub.verbose():
                 sock.schedule_ping()
@@ -229,10 +253,17 @@ class LeanConnection(asyncio.Protocol):
                 logger.warning('closing a websocket: malformed Engine.IO packet %r', data[:40])
                 self.fail(wsframe.PROTOCOL_ERROR, 'malformed Engine.IO packet')
                 return False
+            if data[:1] == '4' and gate is not None:  # a Socket.IO packet: counted and screened before anything else
+                refusal = gate.check(sock.sid, data[1:])
+                if refusal is not None:
+                    return self.refuse(refusal)
             responder = hub.responder
-            idle = self.task is None or self.task.done()  # nothing of this client's still on the normal path
-            if responder is not None and data[:2] == '42' and idle and responder.answer_text(sock, data):
-                return True
+            if responder is not None and data[:2] == '42' and not self.inflight and responder.answer_text(sock, data):
+                return True  # nothing of this client's was still on the normal path: the answer keeps the order
+        elif gate is not None:
+            refusal = gate.check_binary(sock.sid)
+            if refusal is not None:
+                return self.refuse(refusal)
         try:
             pkt = eio_packet.Packet(encoded_packet=data)
         except Exception as exc:  # noqa: BLE001 - whatever decoding a bad packet raises: its connection closes
@@ -240,8 +271,23 @@ class LeanConnection(asyncio.Protocol):
             self.fail(wsframe.PROTOCOL_ERROR, 'malformed Engine.IO packet')
             return False
         task = asyncio.get_running_loop().create_task(self._receive(pkt))
-        self.task = task
+        hub.receiving.add(task)
         task.add_done_callback(self._received)
+        self.inflight += 1
+        return True
+
+    def refuse(self, refusal: Any) -> bool:
+        """A packet the gate refused (protocol.Refusal): its reply, then the connection's end if it says so."""
+        if refusal.reply is not None:
+            self.write(wsframe.text_frame('4' + refusal.reply))
+        if refusal.drop is not None:
+            logger.warning('dropping connection %s: %s', self.sock.sid, refusal.drop)
+            self.close(wsframe.PROTOCOL_ERROR, 'malformed Socket.IO packet')
+            return False
+        if refusal.disconnect:
+            self.reader.closed = True  # nothing more is read from it: the server disconnects it now
+            self.hub.sio.refuse_soon(self.sock.sid, refusal)
+            return False
         return True
 
     def upgrade_step(self, data: str | bytes) -> bool:
@@ -280,8 +326,25 @@ class LeanConnection(asyncio.Protocol):
             sock.server.logger.exception('Unknown receive error')
 
     def _received(self, task: asyncio.Task[None]) -> None:
-        if self.task is task:
-            self.task = None
+        self.hub.receiving.discard(task)
+        self.inflight -= 1
+        backlog = self.backlog
+        if backlog is None:
+            return
+        self.backlog = None
+        if self.open_transport() is None:
+            return  # closed meanwhile: what waited is dropped with it
+        self.handle(backlog)
+        transport = self.open_transport()
+        if self.backlog is None and transport is not None:
+            transport.resume_reading()
+
+    def upgrade_expired(self) -> None:
+        """The upgrade from polling did not finish within ping interval + ping timeout: close this websocket."""
+        self.deadline = None
+        if self.stage != OPEN:
+            logger.info('%s: websocket upgrade not finished in time; closing it', self.sock.sid)
+            self.close(POLICY_VIOLATION, 'upgrade not finished in time')
 
     def schedule_ping(self) -> None:
         if self.ping_handle is not None:
@@ -316,7 +379,11 @@ class LeanConnection(asyncio.Protocol):
             self.write(wsframe.frame(wsframe.BINARY, encoded))
 
     def close(self, code: int, reason: str = '') -> None:
-        """Send a close frame and close the transport (after what is buffered is written); the session then ends."""
+        """Send a close frame and close the transport (after what is buffered is written); the session then ends.
+
+        No Engine.IO close packet goes first (Node's websocket transport sends none either): python-socketio's client
+        takes one as final and does not reconnect, while a close frame alone is a transport close it reconnects after.
+        """
         transport = self.open_transport()
         if transport is None:
             return
@@ -348,7 +415,10 @@ class Hub:
         self.sio = sio
         self.eio = sio.eio
         self.responder: Any = None  # screenpath.ScreenResponder, when main:screen is answered in place
+        self.gate: Any = getattr(sio, 'gate', None)  # protocol.Gate: each client packet counted where it arrives
         self.enabled = True
+        self.upgrading: dict[str, LeanConnection] = {}  # eio sid -> its websocket while the upgrade is in progress
+        self.receiving: set[asyncio.Task[None]] = set()  # the packets' tasks on the normal path
         self._tasks: set[asyncio.Task[None]] = set()
         plain_start = self.eio.start_background_task
 
@@ -392,6 +462,9 @@ class Hub:
         http = sanic_protocol._http
         if http is None or sanic_protocol.transport is not transport:
             return False
+        ip = getattr(sanic_protocol, 'counted_ip', None)  # httpproto.GuardedHttpProtocol counted this socket
+        if ip is not None:
+            sanic_protocol.counted_ip = None  # the lean connection releases it, when it closes
         early = bytes(sanic_protocol.recv_buffer)  # frames the client sent before the 101 (it should not)
         sanic_protocol.recv_buffer.clear()
         transport.write(
@@ -405,16 +478,19 @@ class Hub:
         _release_request(environ)
         # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
         # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
-        contextvars.Context().run(self._attach, sock, transport, early)
+        contextvars.Context().run(self._attach, sock, transport, early, ip)
         return True
 
-    def _attach(self, sock: Any, transport: Any, early: bytes) -> None:
-        conn = LeanConnection(sock, self, transport)
+    def _attach(self, sock: Any, transport: Any, early: bytes, ip: str | None) -> None:
+        conn = LeanConnection(sock, self, transport, ip)
         transport.set_protocol(conn)
         transport.set_write_buffer_limits(high=SLOW_CLIENT_BYTES)
         if sock.connected:  # an upgrade from polling: the session is the websocket's once the client says so
             conn.stage = PROBING
             sock.upgrading = True  # as python-engineio: polls get a NOOP from now on
+            self.upgrading[sock.sid] = conn
+            loop = asyncio.get_running_loop()
+            conn.deadline = loop.call_later(self.eio.ping_interval + self.eio.ping_timeout, conn.upgrade_expired)
         else:
             sock.connected = True
             self.became_lean(sock, conn)
@@ -423,6 +499,11 @@ class Hub:
 
     def became_lean(self, sock: Any, conn: LeanConnection) -> None:
         """From now on the session's packets go over this connection, written at once."""
+        if self.upgrading.get(sock.sid) is conn:
+            del self.upgrading[sock.sid]
+        if conn.deadline is not None:
+            conn.deadline.cancel()
+            conn.deadline = None
         first_ping = vars(sock).pop(FIRST_PING_ATTR, None)
         sock.__class__ = LeanSocket
         sock.lean = conn
@@ -443,8 +524,15 @@ class Hub:
 
     def ended(self, sock: Any, conn: LeanConnection) -> None:
         """The connection is gone: end the Engine.IO session (the transport-close reason), as python-engineio does."""
+        if conn.ip is not None:
+            limiter = getattr(self.sio, 'limiter', None)
+            if limiter is not None:
+                limiter.socket_closed(conn.ip)
+            conn.ip = None
         if getattr(sock, 'lean', None) is not conn:  # an upgrade that did not happen: the session goes on polling
-            sock.upgrading = False
+            if self.upgrading.get(sock.sid) is conn:
+                del self.upgrading[sock.sid]
+                sock.upgrading = False
             return
         if sock.closed:
             self._forget(sock)
@@ -463,9 +551,18 @@ class Hub:
         if self.eio.sockets.get(sock.sid) is sock:
             del self.eio.sockets[sock.sid]
 
+    def session_ended(self, eio_sid: str) -> None:
+        """An Engine.IO session ended (on polling): its websocket still upgrading, if any, closes with it."""
+        conn = self.upgrading.pop(eio_sid, None)
+        if conn is not None:
+            conn.close(wsframe.NORMAL, 'session closed')
+
     async def close_all(self, code: int = wsframe.GOING_AWAY, timeout_s: float = 5.0) -> int:
-        """At shutdown: close every lean connection (close code 1001) and wait, within bounds, for their ends."""
+        """At shutdown: close every lean connection, whatever its stage (a close frame with code 1001: socket.io
+        clients reconnect at once, to another instance if there is one), and wait, within bounds, for their ends."""
         conns = [sock.lean for sock in list(self.eio.sockets.values()) if isinstance(sock, LeanSocket)]
+        conns += self.upgrading.values()
+        self.upgrading.clear()
         for conn in conns:
             conn.close(code, 'server shutting down')
         deadline = time.monotonic() + timeout_s

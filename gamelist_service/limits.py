@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -13,6 +14,20 @@ from .settings import LimitSettings
 RATE_LIMITED = 'rate limit exceeded'
 TOO_MANY_CONNECTIONS = 'too many connections from your address'
 UNKNOWN_ADDRESS = 'unknown'
+SOCKETS_PER_SESSION = 2  # open sockets an address may hold per session of its cap (a poll and a post, or an upgrade)
+
+
+def address_key(ip: str) -> str:
+    """What a per-address cap counts: the address itself, or for IPv6 its /64 (one subscriber's whole prefix)."""
+    if ':' not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split('%', 1)[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
 
 
 def client_ip(environ: Mapping[str, Any], trust_forwarded_for: bool) -> str:
@@ -52,7 +67,10 @@ class TokenBucket:
 
 
 class ConnectionLimiter:
-    """Engine.IO sessions by client address, and an event bucket per session; limits read live from settings."""
+    """Engine.IO sessions and open sockets by client address, and an event bucket per session.
+
+    Limits are read live from the settings (a reload applies at once). Addresses are counted by address_key.
+    """
 
     def __init__(
         self,
@@ -63,27 +81,46 @@ class ConnectionLimiter:
         self.limits = limits
         self.trust_forwarded_for = trust_forwarded_for
         self.clock = clock
-        self.address: dict[str, str] = {}  # eio sid -> client address
+        self.address: dict[str, str] = {}  # eio sid -> client address key
         self.per_address: Counter[str] = Counter()
+        self.sockets: Counter[str] = Counter()  # open sockets (TCP connections) by address key
         self.buckets: dict[str, TokenBucket] = {}
         self.tripped: set[str] = set()  # eio sids already over their rate (logged and handled once)
+        self.refused: Counter[str] = Counter()  # eio sid -> namespace connects refused so far
 
     def client_ip(self, environ: Mapping[str, Any]) -> str:
         return client_ip(environ, self.trust_forwarded_for)
 
     def opened(self, eio_sid: str, ip: str) -> None:
         """A new Engine.IO session from ip."""
-        self.address[eio_sid] = ip
-        self.per_address[ip] += 1
+        key = address_key(ip)
+        self.address[eio_sid] = key
+        self.per_address[key] += 1
 
     def closed(self, eio_sid: str) -> None:
-        ip = self.address.pop(eio_sid, None)
-        if ip is not None:
-            self.per_address[ip] -= 1
-            if self.per_address[ip] <= 0:
-                del self.per_address[ip]
+        key = self.address.pop(eio_sid, None)
+        if key is not None:
+            _decrement(self.per_address, key)
         self.buckets.pop(eio_sid, None)
         self.tripped.discard(eio_sid)
+        self.refused.pop(eio_sid, None)
+
+    def socket_opened(self, ip: str) -> bool:
+        """A new socket from ip: counted and True, or False (not counted) when its address holds its share already."""
+        key = address_key(ip)
+        cap = self.limits().max_connections_per_ip
+        if cap > 0 and self.sockets[key] >= SOCKETS_PER_SESSION * cap:
+            return False
+        self.sockets[key] += 1
+        return True
+
+    def socket_closed(self, ip: str) -> None:
+        _decrement(self.sockets, address_key(ip))
+
+    def connect_refused(self, eio_sid: str) -> bool:
+        """Count a refused namespace connect of a session; True when it has had its share (close the session)."""
+        self.refused[eio_sid] += 1
+        return self.refused[eio_sid] >= self.limits().max_refused_connects
 
     def connections(self, eio_sid: str) -> int:
         """How many sessions the address of this session holds, this one included."""
@@ -102,7 +139,7 @@ class ConnectionLimiter:
         client that keeps such refused sessions open instead of closing them is then stopped at the handshake.
         """
         cap = self.limits().max_connections_per_ip
-        return cap > 0 and self.per_address[ip] >= 2 * cap
+        return cap > 0 and self.per_address[address_key(ip)] >= 2 * cap
 
     def allow_event(self, eio_sid: str) -> bool:
         """Take a token for one client event; False when the connection is over its rate."""
@@ -119,3 +156,9 @@ class ConnectionLimiter:
             return False
         self.tripped.add(eio_sid)
         return True
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

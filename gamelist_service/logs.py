@@ -6,6 +6,7 @@ import json
 import logging
 import logging.config
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +53,33 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry['exception'] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class RateLimitedLog:
+    """At most one line per key every interval_s seconds (a client that repeats itself is logged, not echoed)."""
+
+    MAX_KEYS = 10_000  # forgotten all at once beyond this: a flood of keys costs memory only up to here
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+        self._last[key] = now
+        self.logger.log(level, message, *args)
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.WARNING, key, message, *args)
+
+    def info(self, key: str, message: str, *args: object) -> None:
+        self.log(logging.INFO, key, message, *args)
 
 
 def default_log_config(verbose: bool = False, log_format: str = 'text') -> dict[str, Any]:

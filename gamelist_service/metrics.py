@@ -4,8 +4,18 @@ process imports this module, and /metrics adds up what every worker wrote there.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_client import generate_latest as _generate_latest
 
 MULTIPROC_ENV = 'PROMETHEUS_MULTIPROC_DIR'
@@ -63,6 +73,16 @@ def config_loaded(generation: int, digest: str, loaded_at: float, previous_diges
     CONFIG_GENERATION.set(generation)
     RELOAD_TIME.set(loaded_at)
     RELOAD_SUCCESS.set(1)
+
+
+def serve_on(host: str, port: int) -> Any:
+    """GET /metrics on a listener of its own (server.metrics_listen), from a thread; returns it (shutdown() ends it)."""
+    registry: CollectorRegistry = REGISTRY
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 def generate_latest() -> bytes:

@@ -22,10 +22,10 @@ CONTENT_TYPES = {
 }
 # one plain file name: no separators, no leading dot, so nothing outside STATIC_DIR can be named
 _SAFE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,99}')
-# the page needs nothing but its own files and a WebSocket back to the same host
+# the page needs nothing but its own files and a WebSocket back to the same host ('self' covers ws: and wss: to it)
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
 

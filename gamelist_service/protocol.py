@@ -1,27 +1,49 @@
-"""Client garbage at the protocol level: a malformed Engine.IO or Socket.IO packet drops that connection.
+"""Client garbage at the protocol level, and every client packet counted where it arrives.
 
-python-engineio and python-socketio (versions pinned) raise on such packets from inside their receive loops: the
+python-engineio and python-socketio (versions pinned) raise on malformed packets from inside their receive loops: the
 exception reaches a log with a full traceback and, for a bad Engine.IO frame on a websocket, skips the session's
 cleanup until its ping times out. Here a bad packet closes its connection (websocket close code 1002) with one warning
 line; the service and every other client go on.
+
+Gate screens each Socket.IO packet a client sends before anything parses it or starts a task for it: it takes a token
+from the connection's event bucket (limits.events_per_second and burst; namespace connects count too) and refuses JSON
+nested deeper than MAX_JSON_DEPTH (the standard library's parser recurses: 1,000 levels raise RecursionError). A
+refused event gets its error ack from the packet's header alone; over the rate, with over_limit disconnect, the
+connection is then closed. Lean websockets (lean.py) call it from their receive callback, every other transport from
+Engine.IO's message handler.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from engineio import exceptions as eio_exceptions
 from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
+from sanic.response import json as sanic_json
 from socketio import packet as sio_packet
+
+from .limits import RATE_LIMITED, ConnectionLimiter
+from .settings import LimitSettings
 
 logger = logging.getLogger('gamelist_service.protocol')
 
 ENGINEIO_PACKET_TYPES = frozenset('0123456')  # open, close, ping, pong, message, upgrade, noop
 MAX_ATTACHMENTS = 10  # binary attachments one Socket.IO event may announce; each is kept in memory until it is whole
 PROTOCOL_ERROR = 1002  # websocket close code
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other in one client packet; the contract needs 3
+PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, RecursionError)  # what decoding a malformed packet raises
+# a Socket.IO packet's header: type, binary attachment count, namespace, ack id (the JSON follows)
+_HEADER = re.compile(r'([0-6])(?:[0-9]{1,6}-)?(?:(/[^,]{0,256}),)?([0-9]{1,18})?')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r'[^\[\]{}]+')
+TOO_DEEP = f'nested deeper than {MAX_JSON_DEPTH} levels'
 
 _websockets: dict[str, GuardedWebSocket] = {}  # Engine.IO session id -> its open websocket
 
@@ -37,6 +59,81 @@ def engineio_frame_ok(data: str | bytes) -> bool:
             return False
         return True
     return data[:1] in ENGINEIO_PACKET_TYPES
+
+
+def json_depth_ok(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """False when the JSON in text nests arrays and objects deeper than limit (brackets inside strings do not count)."""
+    if text.count('[') + text.count('{') <= limit:
+        return True  # the common case, in two C-speed scans
+    depth = 0
+    for char in _NOT_BRACKET.sub('', _STRING.sub('', text)):
+        if char in '[{':
+            depth += 1
+            if depth > limit:
+                return False
+        else:
+            depth -= 1
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """What to do with a refused packet: reply (a Socket.IO packet, e.g. an error ack) and drop or disconnect."""
+
+    reply: str | None
+    drop: str | None = None  # close the connection now as malformed (1002), logged with this reason
+    disconnect: bool = False  # over the rate with over_limit disconnect: namespaces disconnected, then the session
+
+
+class Gate:
+    """Screens each Socket.IO packet of a client as it arrives; see the module docstring."""
+
+    def __init__(self, limiter: ConnectionLimiter) -> None:
+        self.limiter = limiter
+
+    def check(self, eio_sid: str, text: str) -> Refusal | None:
+        """None: the packet may go on; else how it is refused. text is the Socket.IO packet (after the '4')."""
+        header = _HEADER.match(text)
+        kind = header.group(1) if header is not None else ''
+        if kind == '1':
+            return None  # a namespace disconnect: always let a client leave
+        if not self.limiter.allow_event(eio_sid):
+            return self._over_rate(eio_sid, header)
+        if not json_depth_ok(text):
+            return Refusal(_refusal_reply(header, f'a packet {TOO_DEEP}'), drop=f'a packet {TOO_DEEP}')
+        return None
+
+    def check_binary(self, eio_sid: str) -> Refusal | None:
+        """A binary frame (an attachment) takes a token as well; None: it may go on."""
+        return None if self.limiter.allow_event(eio_sid) else self._over_rate(eio_sid, None)
+
+    def _over_rate(self, eio_sid: str, header: re.Match[str] | None) -> Refusal:
+        limiter = self.limiter
+        limits: LimitSettings = limiter.limits()
+        first = limiter.trip(eio_sid)  # logged and acted on once per session
+        disconnect = first and limits.over_limit == 'disconnect'
+        if first:
+            logger.warning(
+                'client %s is over its event rate (%g/s, burst %d); %s',
+                eio_sid,
+                limits.events_per_second,
+                limits.burst,
+                'disconnecting it' if disconnect else 'refusing events over it',
+            )
+        return Refusal(_refusal_reply(header, RATE_LIMITED), disconnect=disconnect)
+
+
+def _refusal_reply(header: re.Match[str] | None, message: str) -> str | None:
+    """The error ack of a refused event that asked for one, or the connect_error of a refused connect."""
+    if header is None:
+        return None
+    kind, namespace, ack_id = header.groups()
+    prefix = f'{namespace},' if namespace and namespace != '/' else ''
+    if kind == '2' and ack_id is not None:
+        return f'3{prefix}{ack_id}' + json.dumps([{'status': 'error', 'message': message}], separators=(',', ':'))
+    if kind == '0':
+        return f'4{prefix}' + json.dumps({'message': message}, separators=(',', ':'))
+    return None
 
 
 class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
@@ -68,8 +165,11 @@ class GuardedWebSocket(SanicWebSocket):  # type: ignore[misc]
         await self._sock.close(code, reason)
 
 
-def install(sio: Any) -> None:
-    """Guard sio's Engine.IO websockets and Socket.IO packet handling (call once, after the server is built)."""
+def install(sio: Any, gate: Gate, on_refusal: Callable[[str, Refusal], Any]) -> None:
+    """Guard sio's Engine.IO websockets and Socket.IO packet handling (call once, after the server is built).
+
+    :param on_refusal: called with (eio_sid, refusal) for a packet the gate refuses (it writes the reply and acts).
+    """
     eio = sio.eio
     current = eio._async['websocket']
     if not issubclass(current, GuardedWebSocket):  # per server: the driver module's own table stays as it is
@@ -86,9 +186,17 @@ def install(sio: Any) -> None:
         return await handle_connect(eio_sid, environ)
 
     async def on_message(eio_sid: str, data: Any) -> None:
+        session = eio.sockets.get(eio_sid)
+        if session is None or session.closing or session.closed:
+            return  # what a dropped session had still in flight
+        if isinstance(data, str) and getattr(session, 'lean', None) is None:  # lean: screened on arrival (lean.py)
+            refusal = gate.check(eio_sid, data)
+            if refusal is not None:
+                await on_refusal(eio_sid, refusal)
+                return
         try:
             await handle_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:  # what decoding a malformed packet raises
+        except PARSE_ERRORS as exc:
             await drop(sio, eio_sid, f'malformed Socket.IO packet ({type(exc).__name__}: {str(exc)[:80]})')
             return
         pending = sio._binary_packet.get(eio_sid)
@@ -112,6 +220,23 @@ def install(sio: Any) -> None:
     sio._handle_event = on_event
 
 
+def guard_requests(eio: Any) -> None:
+    """Refuse, before python-engineio sees them, the requests this service does not serve (call before attach).
+
+    JSONP polling (`&j=N`) is answered by python-engineio as script text, outside the Origin check a browser applies
+    to XHR: any page could read the session. Node's socket.io 4 dropped JSONP; here it gets 400.
+    """
+    handle_request = eio.handle_request
+
+    async def guarded(request: Any, *args: Any, **kwargs: Any) -> Any:
+        args_of = getattr(request, 'args', None)
+        if args_of is not None and 'j' in args_of:
+            return sanic_json({'code': 3, 'message': 'Bad request: JSONP polling is not supported'}, status=400)
+        return await handle_request(request, *args, **kwargs)
+
+    eio.handle_request = guarded
+
+
 def _guarded_post(sio: Any, session: Any) -> Any:
     """A polling session's POST handler that ends the session on a body Engine.IO cannot decode or accept."""
     handle_post = session.handle_post_request
@@ -122,7 +247,7 @@ def _guarded_post(sio: Any, session: Any) -> Any:
         except eio_exceptions.EngineIOError:  # a body over max_http_buffer_size: Engine.IO answers 400 and disconnects
             await _close_now(sio, session)  # ... without waiting for a poll that may never come
             raise
-        except (ValueError, TypeError, KeyError, IndexError) as exc:  # what decoding a malformed payload raises
+        except PARSE_ERRORS as exc:  # what decoding a malformed payload raises
             logger.warning(
                 'dropping connection %s: malformed Engine.IO payload (%s: %s)',
                 session.sid,
@@ -141,8 +266,11 @@ async def _close_now(sio: Any, session: Any) -> None:
 
 async def drop(sio: Any, eio_sid: str, why: str) -> None:
     """Close one client's connection now: its websocket with code 1002, or its polling session."""
+    session = sio.eio.sockets.get(eio_sid)
+    if session is None or session.closing or session.closed:
+        return  # dropped already: one line per connection
     logger.warning('dropping connection %s: %s', eio_sid, why)
-    lean = getattr(sio.eio.sockets.get(eio_sid), 'lean', None)  # a lean.LeanConnection
+    lean = getattr(session, 'lean', None)  # a lean.LeanConnection
     if lean is not None:
         lean.close(PROTOCOL_ERROR, 'malformed Socket.IO packet')
         return

@@ -10,8 +10,10 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json, raw
 
 from . import metrics
+from .auth import secrets_equal
 from .exceptions import GamelistError
 from .service import GamelistService
+from .settings import Settings
 
 logger = logging.getLogger('gamelist_service.routes')
 
@@ -31,11 +33,22 @@ async def health(request: Request) -> HTTPResponse:
     return json({'status': 'ok'})
 
 
+def is_admin(request: Request, settings: Settings) -> bool:
+    """The request carries the admin token (server.admin_token_env) as a bearer token."""
+    expected = settings.server.admin_token
+    scheme, _, token = request.headers.get('authorization', '').partition(' ')
+    return bool(expected) and scheme.lower() == 'bearer' and secrets_equal(token.strip(), expected)
+
+
 @bp.get('/ready')
 async def ready(request: Request) -> HTTPResponse:
-    """Ready: configuration loaded, Redis answering, subscribed to updates; 503 with the reason otherwise."""
+    """Ready: configuration loaded, Redis answering, subscribed to updates; 503 otherwise.
+
+    Anyone gets the status; the details (config, leader, process, schedules, the reason) need the admin token.
+    """
     service = _service(request)
     settings = service.settings
+    admin = is_admin(request, settings)
     body: dict[str, object] = {
         'config': {'path': str(settings.source), **request.app.ctx.reload_status.as_dict()},
         'leader': service.leadership.leading,
@@ -55,13 +68,15 @@ async def ready(request: Request) -> HTTPResponse:
     if reason is None and not service.listening.is_set():
         reason = f'not subscribed to updates: {service.redis_error or "starting"}'
     if reason:
-        return json({'status': 'not ready', 'reason': reason, **body}, status=503)
-    return json({'status': 'ready', **body})
+        return json({'status': 'not ready', 'reason': reason, **body} if admin else {'status': 'not ready'}, status=503)
+    return json({'status': 'ready', **body} if admin else {'status': 'ready'})
 
 
 @bp.get('/metrics')
 async def prometheus_metrics(request: Request) -> HTTPResponse:
-    """Prometheus text format; with several workers, the sum of what each wrote."""
+    """Prometheus text format; with several workers, the sum of what each wrote. 404 with server.metrics_listen."""
+    if _service(request).settings.server.metrics_listen is not None:
+        return json({'status': 'error', 'message': 'metrics are served on server.metrics_listen'}, status=404)
     return raw(metrics.generate_latest(), content_type=metrics.CONTENT_TYPE_LATEST)
 
 

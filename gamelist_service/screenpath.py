@@ -167,7 +167,8 @@ class ScreenResponder:
             self.passed += 1
             return False
         limiter = getattr(sio, 'limiter', None)
-        if limiter is not None and not limiter.allow_event(eio_sid):
+        lean = getattr(sock, 'lean', None) is not None  # a lean connection counted it where it arrived
+        if limiter is not None and not lean and not limiter.allow_event(eio_sid):
             self.passed += 1
             return False  # the normal path refuses it, with the error ack, and acts on the limit
         text = self.encode(handler.settings.list, data, namespace, ack_id)

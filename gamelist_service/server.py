@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from . import instances
+from . import httpproto, instances
 from .embedded import EmbeddedRedis, Supervisor
 from .exceptions import EmbeddedRedisError
 from .logs import setup_logging
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger('gamelist_service.server')
 
 METRICS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
+SOMAXCONN = Path('/proc/sys/net/core/somaxconn')
 _WORKER_ENV = 'GAMELIST_WORKER_LAUNCH'  # how worker processes learn what the main process resolved
 
 
@@ -40,6 +41,7 @@ def serve(launch: Launch) -> int:
     directory = instances.claim(settings.redis.state_dir, server.port, settings.source)
     embedded: EmbeddedRedis | None = None
     supervisor: Supervisor | None = None
+    metrics_server: Any = None
     try:
         if settings.redis.embedded:
             embedded = EmbeddedRedis(
@@ -56,7 +58,9 @@ def serve(launch: Launch) -> int:
             redis_url = settings.redis.url
         instances.publish(directory, server.port, settings.source, redis_url)
         _prepare_metrics_dir(directory / 'metrics')
-        from .app import create_app  # noqa: PLC0415 - after the metrics directory is set: prometheus-client reads it on import
+        # after the metrics directory is set: prometheus-client reads it on import
+        from . import metrics  # noqa: PLC0415
+        from .app import create_app  # noqa: PLC0415
 
         run_kwargs: dict[str, Any] = {
             'host': server.host,
@@ -65,13 +69,20 @@ def serve(launch: Launch) -> int:
             'access_log': False,
             'auto_reload': False,
             'debug': False,
+            'backlog': listen_backlog(server.backlog),
+            'protocol': httpproto.protocol_class(),
         }
+        if server.metrics_listen is not None:
+            metrics_server = metrics.serve_on(*server.metrics_listen)
+            logger.info('metrics on http://%s:%d/metrics', *server.metrics_listen)
         if launch.workers == 1:
             app = create_app(settings, redis_url, launch=launch)
             app.run(single_process=True, **run_kwargs)
         else:
             _serve_workers(launch, redis_url, run_kwargs)
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         if supervisor is not None:
             supervisor.stop()
         if embedded is not None:
@@ -80,6 +91,23 @@ def serve(launch: Launch) -> int:
     if supervisor is not None and supervisor.failure:
         raise EmbeddedRedisError(supervisor.failure)
     return 0
+
+
+def listen_backlog(wanted: int, somaxconn_path: Path = SOMAXCONN) -> int:
+    """The backlog to ask for; says so (once, at start) when the kernel will cap it at net.core.somaxconn."""
+    try:
+        cap = int(somaxconn_path.read_text().strip())
+    except (OSError, ValueError):
+        return wanted
+    if cap < wanted:
+        logger.warning(
+            'server.backlog is %d but the kernel caps it at net.core.somaxconn = %d: a storm of more connects than '
+            'that at once waits for SYN retries (raise it with: sysctl -w net.core.somaxconn=%d)',
+            wanted,
+            cap,
+            wanted,
+        )
+    return wanted
 
 
 def _prepare_metrics_dir(directory: Path) -> None:

@@ -50,6 +50,7 @@ class GamelistService:
         self._written = written  # returns once the emitted frames are written (see fastpath.FastAsyncManager)
         self._rng = rng or random.Random()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loading: dict[str, asyncio.Task[dict[str, Any]]] = {}  # list name -> the read every caller awaits
         self._tasks: set[asyncio.Task[None]] = set()
         self.leadership = Leadership(
             store,
@@ -88,10 +89,28 @@ class GamelistService:
         return stored
 
     async def current(self, list_name: str) -> dict[str, Any]:
-        """The list as stored; if it has expired, it is rebuilt first, as a scheduled tick would."""
+        """The list as stored; if it has expired, it is rebuilt first, as a scheduled tick would.
+
+        From memory when it can; otherwise one read of Redis serves every caller waiting at that moment (a reconnect
+        storm of 10,000 clients with `since` makes one GET, not 10,000).
+        """
         cached = self.cached(list_name)
         if cached is not None:
             return cached
+        loading = self._loading.get(list_name)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._load(list_name))
+            self._loading[list_name] = loading
+            loading.add_done_callback(lambda task: self._loaded(list_name, task))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, list_name: str, task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._loading.get(list_name) is task:
+            del self._loading[list_name]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every caller may have gone (timed out) before it ended
+
+    async def _load(self, list_name: str) -> dict[str, Any]:
         lst = self.settings.get_list(list_name)
         data = await self._read(lst.key)
         if data is not None:

@@ -6,18 +6,20 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import jsonschema
 import socketio
+from engineio import packet as eio_packet
 
-from . import fastpath, lean, metrics, screenpath, slim
+from . import fastpath, lean, metrics, protocol, screenpath, slim
 from .auth import AuthRefused, authenticate
 from .config import schema
 from .exceptions import GamelistError
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
-from .limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, ConnectionLimiter
+from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter
 from .service import GamelistService
 from .settings import LimitSettings, NamespaceSettings
 
@@ -29,11 +31,8 @@ DEFAULT_TRANSPORTS = ('polling', 'websocket')
 
 # True while a handler runs for an event that carries an ack id (the client passed a callback).
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
-# What a handler wants done once its ack has been sent (e.g. disconnect a client over its rate).
-_after_ack: contextvars.ContextVar[list[Callable[[], Awaitable[None]]] | None] = contextvars.ContextVar(
-    'after_ack', default=None
-)
 CLOSE_GRACE_S = 1.0  # after the namespace disconnects: time for the client to close its Engine.IO session itself
+POLICY_VIOLATION = 1008  # websocket close code
 
 
 class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -47,25 +46,22 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
+        self.gate = protocol.Gate(self.limiter)
         self.closed_sessions = 0  # Engine.IO sessions ended so far (heap.HeapPolicy)
         self.screen_responder: screenpath.ScreenResponder | None = None
         self.lean_hub: lean.Hub | None = None
+        self.users: dict[str, str] = {}  # eio sid -> the user_id its device:info named (one user per connection)
         self._closing: set[asyncio.Task[None]] = set()
         super().__init__(*args, **kwargs)
 
     async def _handle_event_internal(
         self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
     ) -> None:
-        pending: list[Callable[[], Awaitable[None]]] = []
         token = _ack_requested.set(id is not None)
-        after = _after_ack.set(pending)
         try:
             await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
         finally:
-            _after_ack.reset(after)
             _ack_requested.reset(token)
-        for job in pending:  # the ack is on its way: now act on the connection
-            await job()
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         ip = self.limiter.client_ip(environ)
@@ -80,7 +76,43 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_disconnect(eio_sid, reason)
         finally:
             self.limiter.closed(eio_sid)
+            self.users.pop(eio_sid, None)
             self.closed_sessions += 1
+            if self.lean_hub is not None:
+                self.lean_hub.session_ended(eio_sid)  # an upgrade still in progress ends with its session
+
+    async def refuse(self, eio_sid: str, refusal: protocol.Refusal) -> None:
+        """A packet the gate refused (not on a lean connection: those act in their receive callback)."""
+        if refusal.reply is not None:
+            await self.eio.send(eio_sid, refusal.reply)
+        if refusal.drop is not None:
+            await protocol.drop(self, eio_sid, refusal.drop)
+        elif refusal.disconnect:
+            await self.disconnect_connection(eio_sid)
+
+    def refuse_soon(self, eio_sid: str, refusal: protocol.Refusal) -> None:
+        """For a lean connection, which wrote the reply itself: disconnect it, from a task."""
+        if refusal.disconnect:
+            self._spawn(self.disconnect_connection(eio_sid))
+
+    def connect_refused(self, eio_sid: str) -> None:
+        """A namespace refused this session's connect: after limits.max_refused_connects, the session is closed."""
+        if eio_sid in self.eio.sockets and self.limiter.connect_refused(eio_sid):
+            logger.warning('closing session %s: %d namespace connects refused', eio_sid, self.limiter.refused[eio_sid])
+            self._spawn(self.end_session(eio_sid, POLICY_VIOLATION, 'too many refused connects'))
+
+    async def end_session(self, eio_sid: str, code: int, why: str) -> None:
+        """Close a client's Engine.IO session as a transport close, which socket.io clients reconnect after: a close
+        frame with code and why on a lean websocket; on polling, the pending poll ends (NOOP) and the next gets 400."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None or sock.closing or sock.closed:
+            return
+        conn = getattr(sock, 'lean', None)
+        if conn is not None:
+            conn.close(code, why)  # its connection_lost ends the session
+            return
+        sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        await sock.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
 
     async def disconnect_connection(self, eio_sid: str) -> None:
         """Disconnect a client from every namespace (it sees each disconnect), then close its session if it stays."""
@@ -88,7 +120,10 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
             if sid is not None and self.manager.is_connected(sid, namespace):
                 await self.disconnect(sid, namespace=namespace)
-        task = asyncio.get_running_loop().create_task(self._close_later(eio_sid))
+        self._spawn(self._close_later(eio_sid))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -113,18 +148,21 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.settings = settings
         self.service = service
         self.clients: set[str] = set()
+        self.joined = 0  # clients that connected to this namespace so far (the periodic summary's figures)
+        self.left = 0
+        self.users: dict[str, str] = {}  # sid -> the user its JWT names (auth mode jwt)
+        self._expiry: dict[str, asyncio.TimerHandle] = {}  # sid -> the end of its JWT's validity
         self._tasks: set[asyncio.Task[None]] = set()
         self._device_validator = jsonschema.Draft202012Validator(schema(DEVICE_INFO_SCHEMA))
         self._known_device_fields = frozenset(schema(DEVICE_INFO_SCHEMA)['properties'])
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        """Route 'main:screen' to on_main_screen; unknown events get an error ack; no exception reaches the client."""
+        """Route 'main:screen' to on_main_screen; unknown events get an error ack; no exception reaches the client.
+
+        Events were counted against the client's rate where they arrived (protocol.Gate), before this.
+        """
         if event == 'connect':
             return await self._connect(*args)
-        if event != 'disconnect' and args:
-            refused = self._over_rate(args[0])
-            if refused is not None:
-                return refused
         handler = getattr(self, 'on_' + event.replace(':', '_'), None) if isinstance(event, str) else None
         if handler is None or event.startswith('_') or '__' in event:
             logger.info('unknown event %r from %s on %s', event, args[0] if args else '?', self.namespace)
@@ -145,32 +183,16 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         try:
             return await self.on_connect(sid, environ, auth)
         except socketio.exceptions.ConnectionRefusedError:
+            self._refused(sid)
             raise
         except Exception:
             logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
             raise socketio.exceptions.ConnectionRefusedError('internal error') from None
 
-    def _over_rate(self, sid: str) -> dict[str, str] | None:
-        """None if the client may send this event; else the error ack (and, with over_limit disconnect, its end)."""
-        limiter: ConnectionLimiter | None = getattr(self.server, 'limiter', None)
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace) if limiter is not None else None
-        if limiter is None or eio_sid is None or limiter.allow_event(eio_sid):
-            return None
-        limits = limiter.limits()
-        if limiter.trip(eio_sid):
-            logger.warning(
-                'client %s on %s is over its event rate (%g/s, burst %d); %s',
-                sid,
-                self.namespace,
-                limits.events_per_second,
-                limits.burst,
-                'disconnecting it' if limits.over_limit == 'disconnect' else 'refusing events over it',
-            )
-            if limits.over_limit == 'disconnect':
-                pending = _after_ack.get()
-                if pending is not None:
-                    pending.append(lambda: self.server.disconnect_connection(eio_sid))
-        return error_ack(RATE_LIMITED)
+    def _refused(self, sid: str) -> None:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
+        if eio_sid is not None and isinstance(self.server, GamelistServer):
+            self.server.connect_refused(eio_sid)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         limiter: ConnectionLimiter | None = getattr(self.server, 'limiter', None)
@@ -186,14 +208,17 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             )
             raise socketio.exceptions.ConnectionRefusedError(TOO_MANY_CONNECTIONS)
         try:
-            authenticate(self.settings.auth, environ, auth)
+            claims = authenticate(self.settings.auth, environ, auth)
         except AuthRefused as exc:
             logger.warning('client %s refused on %s: %s', sid, self.namespace, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        if claims and eio_sid is not None:
+            self._hold_claims(sid, eio_sid, claims)
         self.clients.add(sid)
         metrics.CONNECTED_CLIENTS.labels(self.namespace).inc()
+        self.joined += 1
         since = auth.get('since') if isinstance(auth, dict) else None
-        logger.info('client %s connected to %s (%d clients)', sid, self.namespace, len(self.clients))
+        logger.debug('client %s connected to %s (%d clients)', sid, self.namespace, len(self.clients))
         if self.settings.send_list_on_connect or (isinstance(since, int) and not isinstance(since, bool)):
             # after this handler returns, so the list follows the CONNECT packet
             task = asyncio.get_running_loop().create_task(self._send_current(sid, since))
@@ -201,11 +226,36 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             task.add_done_callback(self._tasks.discard)
         return True
 
+    def _hold_claims(self, sid: str, eio_sid: str, claims: dict[str, Any]) -> None:
+        """A JWT client: remember its user, and end its session when the token expires (it reconnects with a new
+        one, as socket.io clients do after a transport close)."""
+        jwt = self.settings.auth.jwt
+        assert jwt is not None  # claims come only from a JWT
+        user = claims.get(jwt.user_claim)
+        if isinstance(user, (str, int)) and not isinstance(user, bool):
+            self.users[sid] = str(user)
+        exp = claims.get('exp')
+        if isinstance(exp, (int, float)):
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, float(exp) + jwt.leeway_s - time.time())
+            self._expiry[sid] = loop.call_later(delay, self._expired, sid, eio_sid)
+
+    def _expired(self, sid: str, eio_sid: str) -> None:
+        self._expiry.pop(sid, None)
+        if isinstance(self.server, GamelistServer):
+            logger.info('client %s on %s: its token expired; closing its connection', sid, self.namespace)
+            self.server._spawn(self.server.end_session(eio_sid, POLICY_VIOLATION, 'token expired'))
+
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         if sid in self.clients:
             self.clients.discard(sid)
+            self.left += 1
             metrics.CONNECTED_CLIENTS.labels(self.namespace).dec()
-        logger.info('client %s left %s (%s; %d clients)', sid, self.namespace, reason, len(self.clients))
+        self.users.pop(sid, None)
+        expiry = self._expiry.pop(sid, None)
+        if expiry is not None:
+            expiry.cancel()
+        logger.debug('client %s left %s (%s; %d clients)', sid, self.namespace, reason, len(self.clients))
 
     async def _send_current(self, sid: str, since: int | None) -> None:
         try:
@@ -240,6 +290,9 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             first = errors[0]
             where = '.'.join(str(p) for p in first.absolute_path) or 'payload'
             return error_ack(f'{where}: {_short(first.message)}')
+        refused = self._user_refused(sid, known.get('user_id'))
+        if refused is not None:
+            return error_ack(refused)
         settings = self.service.settings.redis
         session = {'session_id': sid, 'namespace': self.namespace, 'device': known, 'updated_at': utc_now_iso()}
         await self.service.store.save_session(sid, session, settings.session_ttl_s)
@@ -250,6 +303,26 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if ignored:
             reply['ignored'] = ignored
         return reply
+
+    def _user_refused(self, sid: str, user_id: str | None) -> str | None:
+        """Why this connection may not write user:{user_id}, or None (then it is bound to that user).
+
+        One connection speaks for one user: the first user_id it names, and with JWT auth the token's own.
+        """
+        if user_id is None:
+            return None
+        token_user = self.users.get(sid)
+        if self.settings.auth.mode == 'jwt' and token_user != user_id:
+            claim = self.settings.auth.jwt.user_claim if self.settings.auth.jwt else 'sub'
+            return f"user_id must be your token's {claim}"
+        server = self.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, self.namespace)
+        if not isinstance(server, GamelistServer) or eio_sid is None:
+            return None
+        bound = server.users.setdefault(eio_sid, user_id)
+        if bound != user_id:
+            return 'this connection already speaks for another user_id'
+        return None
 
 
 def _json_type(value: Any) -> str:
@@ -306,6 +379,43 @@ def apply_namespaces(
         else:
             sio.register_namespace(GameNamespace(ns, service))
             logger.info('namespace %s added', ns.name)
+
+
+class ClientSummary:
+    """One INFO line every period about the clients that joined and left (per-client lines are DEBUG): a storm of
+    10,000 reconnects reads as one line, not 20,000."""
+
+    def __init__(self, sio: socketio.AsyncServer) -> None:
+        self.sio = sio
+        self.last: tuple[int, int] = self.counts()
+
+    def counts(self) -> tuple[int, int]:
+        handlers = [h for h in self.sio.namespace_handlers.values() if isinstance(h, GameNamespace)]
+        return sum(h.joined for h in handlers), sum(h.left for h in handlers)
+
+    def line(self, period_s: float) -> str | None:
+        """The summary since the last call, or None when nobody joined or left."""
+        now = self.counts()
+        joined, left = now[0] - self.last[0], now[1] - self.last[1]
+        self.last = now
+        if not joined and not left:
+            return None
+        per_namespace = ', '.join(
+            f'{name} {len(h.clients)}'
+            for name, h in self.sio.namespace_handlers.items()
+            if isinstance(h, GameNamespace)
+        )
+        return (
+            f'clients in the last {period_s:g}s: {joined} joined, {left} left; now {len(self.sio.eio.sockets)} '
+            f'connections ({per_namespace})'
+        )
+
+    async def run(self, period_s: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            line = self.line(period_s)
+            if line is not None:
+                logger.info('%s', line)
 
 
 async def written(sio: socketio.AsyncServer) -> None:

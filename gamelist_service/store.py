@@ -301,7 +301,7 @@ class Store:
             raw = await self.redis.get(key)
         except (RedisError, OSError) as exc:
             raise self._error(f'GET {key}', exc) from exc
-        logger.info('Redis GET %s (%s)', key, 'miss' if raw is None else f'{len(raw)} bytes')
+        logger.debug('Redis GET %s (%s)', key, 'miss' if raw is None else f'{len(raw)} bytes')
         if raw is None:
             return None
         try:

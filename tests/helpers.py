@@ -36,10 +36,21 @@ CONTRACT_GAME: dict[str, Any] = {
 }
 
 
-def shipped_data() -> dict[str, Any]:
-    """The shipped config as data, with quick pings: a polling client's disconnect waits for the next ping."""
+# Every Serve gets this admin token in its environment; a config made with shipped_data(admin=True) names it, so
+# GET /ready shows its details to ready() below.
+ADMIN_ENV = 'GAMELIST_TEST_ADMIN_TOKEN'
+ADMIN_TOKEN = 'test-admin-token-0123456789'
+
+
+def shipped_data(*, admin: bool = False) -> dict[str, Any]:
+    """The shipped config as data, with quick pings: a polling client's disconnect waits for the next ping.
+
+    :param admin: name the tests' admin token (server.admin_token_env): /ready's details for ready().
+    """
     data: dict[str, Any] = copy.deepcopy(yaml.safe_load(SHIPPED_CONFIG.read_text()))
     data['server'].update(ping_interval='1s', ping_timeout='2s')
+    if admin:
+        data['server']['admin_token_env'] = ADMIN_ENV
     return data
 
 
@@ -48,12 +59,17 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+def http_get(url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as response:
             return response.status, json.loads(response.read() or b'null')
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b'null')
+
+
+def ready(serve: Serve, timeout_s: float = 5.0) -> tuple[int, Any]:
+    """GET /ready with the tests' admin token: its details too (the config must come from shipped_data(admin=True))."""
+    return http_get(serve.url + '/ready', timeout_s, {'Authorization': f'Bearer {ADMIN_TOKEN}'})
 
 
 def answers(serve: Serve) -> bool:
@@ -105,6 +121,7 @@ class Serve:
         self.port = port
         self.extra = extra
         self.env = {k: v for k, v in os.environ.items() if not k.startswith('GAMELIST_')} | (env or {})
+        self.env.setdefault(ADMIN_ENV, ADMIN_TOKEN)
         self.log_path = workdir / f'serve-{port}.log'
         self.process: subprocess.Popen[bytes] | None = None
 

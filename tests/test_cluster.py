@@ -23,6 +23,7 @@ from gamelist_service.store import LEADER_KEY, Store
 
 from .conftest import cli_command, free_port
 from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
+from .helpers import ready as ready_of
 
 
 def versions(client: Recorder, namespace: str = '/') -> list[int]:
@@ -42,7 +43,7 @@ def metric(text: str, name: str, labels: str = '') -> float | None:
 
 
 def ready(serve: Serve) -> dict[str, Any]:
-    status, body = http_get(serve.url + '/ready')
+    status, body = ready_of(serve)
     assert status == 200, body
     return dict(body)
 
@@ -58,7 +59,7 @@ def cli(serve: Serve, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def reloadable(tmp_path: Path) -> Iterator[tuple[Serve, dict[str, Any]]]:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '1h'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
     yield serve, data
@@ -160,7 +161,7 @@ def running_redis(serve: Serve) -> str:
 
 @pytest.mark.timeout(120)
 async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '200ms'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
     clients: list[Recorder] = []
@@ -170,6 +171,8 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
                 *(Recorder(serve.url, 'polling' if i < 5 else 'websocket').connect() for i in range(60))
             )
         )
+        # a tick after every client joined (the start-up tick may be the only one so far, and they missed it)
+        assert await async_wait_until(lambda: all(versions(c) for c in clients), timeout_s=15)
         good = serve.config.read_text()
         for attempt in range(6):  # valid and invalid reloads, alternately, while the schedule broadcasts
             serve.config.write_text(good if attempt % 2 else good.replace('ttl: 300s', 'ttl: nope'))
@@ -192,7 +195,7 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
 
 
 async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), global_args=('-v',))
     serve.start()
@@ -222,9 +225,12 @@ async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
 
 
 async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0].update(every='400ms', max_runs=6)
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--workers', '2')
+    # -v: per-client lines (which worker a client joined) are DEBUG
+    serve = Serve(
+        tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--workers', '2', global_args=('-v',)
+    )
     serve.start(timeout_s=40)
     clients: list[Recorder] = []
     try:
@@ -263,7 +269,7 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
 
 
 def test_polling_with_several_workers_is_refused_without_sticky_sessions(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['server']['transports'] = ['polling', 'websocket']
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--workers', '2')
     serve.start(wait_ready=False)
@@ -279,7 +285,7 @@ def leaders(serves: list[Serve]) -> list[Serve]:
     for serve in serves:
         if serve.process is not None and serve.process.poll() is None:
             try:
-                if http_get(serve.url + '/ready', 1.0)[1].get('leader'):
+                if ready_of(serve, 1.0)[1].get('leader'):
                     found.append(serve)
             except OSError:
                 pass
@@ -293,7 +299,7 @@ def trio(tmp_path: Path, redis_url: str, redis_client: Redis) -> Iterator[list[S
     for i in range(3):
         workdir = tmp_path / f'instance{i}'
         workdir.mkdir()
-        data = shipped_data()
+        data = shipped_data(admin=True)
         data['schedules'][0]['every'] = '500ms'
         data['leader'] = {'lease': '1s'}
         config = write_config(workdir / 'games.yaml', data)

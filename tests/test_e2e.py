@@ -30,6 +30,9 @@ from .helpers import (
     wait_until,
     write_config,
 )
+from .helpers import (
+    ready as ready_of,
+)
 
 TRANSPORTS = ['websocket', 'polling']
 
@@ -38,9 +41,10 @@ TRANSPORTS = ['websocket', 'polling']
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """One serve on the embedded Redis for this module; its schedule runs once at start and then hourly."""
     workdir = tmp_path_factory.mktemp('serve')
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '1h'
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
+    # -v: the per-read Redis lines (the prototype's GET log) are DEBUG
+    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
     yield serve
     assert serve.stop() == 0
 
@@ -152,7 +156,7 @@ async def test_main_screen_without_ack_is_emitted_to_that_client_only(served: Se
 
 async def test_main_screen_rebuilds_an_expired_list(tmp_path: Path) -> None:
     # the service answers main:screen from memory until the list's TTL runs out, so let a short TTL lapse
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['lists']['current']['ttl'] = '2s'
     data['schedules'][0]['every'] = '1h'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
@@ -256,7 +260,7 @@ async def test_origin_not_in_the_list_is_refused(served: Serve, transport: str) 
 
 def test_http_routes(served: Serve, redis_of: redis.Redis) -> None:
     assert http_get(served.url + '/health') == (200, {'status': 'ok'})
-    status, body = http_get(served.url + '/ready')
+    status, body = ready_of(served)
     assert status == 200 and body['status'] == 'ready' and body['redis']['status'] == 'ok'
     redis_of.set('gamelist:current', json.dumps({'gamelist': [], 'version': 99}), ex=60)
     assert http_get(served.url + '/api/v1/gamelist') == (200, {'gamelist': [], 'version': 99})
@@ -330,7 +334,7 @@ def test_publish_without_a_running_serve_is_a_clear_error(tmp_path: Path) -> Non
 
 
 async def test_external_redis_url_and_schedule_broadcasts(tmp_path: Path, redis_client: Redis, redis_url: str) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '300ms'
     data['namespaces']['/gameplay']['send_list_on_connect'] = True
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url)
@@ -355,7 +359,7 @@ async def test_external_redis_url_and_schedule_broadcasts(tmp_path: Path, redis_
 def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame: str) -> None:
     import signal  # noqa: PLC0415
 
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data()), free_port()).start()
+    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port()).start()
     (instance,) = running(tmp_path / '.gamelist', serve.config)
     socket_path = Path(instance.redis_url.removeprefix('unix://'))
     assert redis_servers_on(socket_path)
@@ -370,11 +374,13 @@ def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame
 
 def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> None:
     dead = f'redis://127.0.0.1:{free_port()}/0'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data()), free_port(), '--redis-url', dead)
+    serve = Serve(
+        tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port(), '--redis-url', dead
+    )
     serve.start(wait_ready=False)
     try:
         assert wait_until(lambda: answers(serve))
-        status, body = http_get(serve.url + '/ready')
+        status, body = ready_of(serve)
         assert status == 503 and 'Redis is not answering' in body['reason']
         assert http_get(serve.url + '/health')[0] == 200
         assert wait_until(lambda: 'retrying in' in serve.log())
@@ -385,7 +391,7 @@ def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> Non
 
 
 def test_json_log_format(tmp_path: Path) -> None:
-    config = write_config(tmp_path / 'games.yaml', shipped_data())
+    config = write_config(tmp_path / 'games.yaml', shipped_data(admin=True))
     serve = Serve(tmp_path, config, free_port(), global_args=('--log-format', 'json')).start()
     assert wait_until(lambda: 'Redis SET gamelist:current' in serve.log())
     assert serve.stop() == 0
@@ -395,7 +401,7 @@ def test_json_log_format(tmp_path: Path) -> None:
 
 
 def test_two_instances_from_one_checkout_keep_apart(tmp_path: Path) -> None:
-    config = write_config(tmp_path / 'games.yaml', shipped_data())
+    config = write_config(tmp_path / 'games.yaml', shipped_data(admin=True))
     first = Serve(tmp_path, config, free_port()).start()
     second = Serve(tmp_path, config, free_port()).start()
     try:

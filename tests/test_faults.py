@@ -31,6 +31,9 @@ from .helpers import (
     wait_until,
     write_config,
 )
+from .helpers import (
+    ready as ready_of,
+)
 
 TOKEN = 'fault-token'
 OUTAGE_S = 30.0
@@ -87,7 +90,7 @@ async def test_redis_outage_of_30s_keeps_clients_fails_loudly_and_recovers_witho
     (tmp_path / 'redis').mkdir()
     redis_server = RedisServer(tmp_path / 'redis')
     redis_server.start()
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
     serve = Serve(
         tmp_path,
@@ -111,7 +114,7 @@ async def test_redis_outage_of_30s_keeps_clients_fails_loudly_and_recovers_witho
         while time.monotonic() - down_at < OUTAGE_S:  # the one deliberate wait, checking all along
             rounds += 1
             assert_connected(clients)
-            status, body = await aget(serve.url + '/ready')
+            status, body = await asyncio.to_thread(ready_of, serve, 3.0)
             assert status == 503 and 'Redis' in body['reason'], body
             assert body['redis']['status'] == 'error'
             if 'health' not in checked:
@@ -164,7 +167,7 @@ async def test_redis_outage_of_30s_keeps_clients_fails_loudly_and_recovers_witho
         assert await async_wait_until(lambda: all(len(versions(c)) > before[id(c)] for c in clients), timeout_s=15)
         broadcast_s = time.monotonic() - back_at
         assert await async_wait_until(lambda: 'Redis is back' in serve.log(), timeout_s=10)
-        status, body = await aget(serve.url + '/ready')
+        status, body = await asyncio.to_thread(ready_of, serve, 3.0)
         assert status == 200 and body['status'] == 'ready' and body['leader'] is True, body
         ready_s = time.monotonic() - back_at
         for client in clients:
@@ -203,7 +206,7 @@ async def new_redis_pid(socket_path: Path, old: set[int], timeout_s: float = 15.
 
 
 async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
     clients: list[Recorder] = []
@@ -219,7 +222,7 @@ async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_p
         assert await async_wait_until(lambda: 'embedded Redis restarted' in serve.log())
         log = serve.log()
         assert f'embedded Redis (pid {pid}) killed by SIGKILL; restarting it on {socket_path}' in log
-        assert await async_wait_until(lambda: http_get(serve.url + '/ready', 1.0)[0] == 200, timeout_s=15)
+        assert await async_wait_until(lambda: ready_of(serve, 1.0)[0] == 200, timeout_s=15)
         ready_s = time.monotonic() - killed_at
         # the restarted Redis is empty: the schedule takes the lease again and versions start again at 1
         mark = {id(c): len(versions(c)) for c in clients}
@@ -243,7 +246,7 @@ async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_p
 
 
 async def test_embedded_redis_that_keeps_dying_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data()), free_port()).start()
+    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port()).start()
     client = await Recorder(serve.url).connect()
     try:
         socket_path = embedded_socket(serve)
@@ -275,7 +278,7 @@ async def test_embedded_redis_that_keeps_dying_stops_serve_with_a_clear_message(
 
 def leading(serve: Serve) -> bool:
     try:
-        return bool(http_get(serve.url + '/ready', 1.0)[1].get('leader'))
+        return bool(ready_of(serve, 1.0)[1].get('leader'))
     except OSError:
         return False
 
@@ -287,7 +290,7 @@ async def test_clients_of_a_killed_leader_catch_up_on_another_instance(
     for name in ('a', 'b'):
         workdir = tmp_path / name
         workdir.mkdir()
-        data = shipped_data()
+        data = shipped_data(admin=True)
         data['schedules'][0]['every'] = '1h'  # one tick at the start, then only what is published
         data['leader'] = {'lease': '1s'}
         serves.append(Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), '--redis-url', redis_url))
@@ -330,7 +333,7 @@ async def test_clients_of_a_killed_leader_catch_up_on_another_instance(
 async def test_main_screen_follows_redis_when_versions_start_again(
     tmp_path: Path, redis_url: str, redis_client: Redis
 ) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '1h'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url)
     client: Recorder | None = None
@@ -363,7 +366,7 @@ async def test_main_screen_follows_redis_when_versions_start_again(
 
 @pytest.mark.timeout(120)
 async def test_repeated_broken_sighup_under_load_applies_nothing_and_drops_nobody(tmp_path: Path) -> None:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '300ms'
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
     clients: list[Recorder] = []
@@ -373,14 +376,14 @@ async def test_repeated_broken_sighup_under_load_applies_nothing_and_drops_nobod
                 *(Recorder(serve.url, 'polling' if i < 5 else 'websocket').connect() for i in range(50))
             )
         )
-        before = (await aget(serve.url + '/ready'))[1]['config']
+        before = (await asyncio.to_thread(ready_of, serve, 3.0))[1]['config']
         serve.config.write_text(serve.config.read_text().replace('ttl: 300s', 'ttl: nope'))
         started = time.monotonic()
         for attempt in range(1, 21):
             serve.signal(signal.SIGHUP)
             assert await async_wait_until(lambda n=attempt: serve.log().count('reload rejected') >= n, timeout_s=5)  # type: ignore[misc]
         burst_s = time.monotonic() - started
-        status, body = await aget(serve.url + '/ready')
+        status, body = await asyncio.to_thread(ready_of, serve, 3.0)
         assert status == 200, body
         after = body['config']
         assert after['generation'] == before['generation'] and after['sha256'] == before['sha256']

@@ -206,7 +206,7 @@ def test_a_reload_applies_limits_and_auth_live_but_not_trust_forwarded_for(tmp_p
     data['limits'] = {'events_per_second': 1, 'burst': 2, 'max_connections_per_ip': 3}
     data['namespaces']['/gameplay']['auth'] = {'mode': 'token', 'token_env': 'T'}
     data['server']['trust_forwarded_for'] = True
-    new = load_settings(write_config(tmp_path / 'new.yaml', data), {'T': 'a-secret'})
+    new = load_settings(write_config(tmp_path / 'new.yaml', data), {'T': 'a-secret-of-16-bytes+'})
     merged = merge(old, new)
     assert merged.limits == LimitSettings(1, 2, 3)
     assert merged.get_namespace('/gameplay').auth.mode == 'token'

@@ -194,7 +194,8 @@ async def test_a_bad_handshake_is_refused(served: Serve, query: str, message: st
         ('GET', 'EIO=3&transport=polling', 'unsupported version'),
         ('GET', 'EIO=4&transport=carrier-pigeon', 'Invalid transport'),
         ('GET', 'EIO=4&transport=websocket', 'Invalid websocket upgrade'),  # websocket without the upgrade
-        ('GET', 'EIO=4&transport=polling&j=x', 'Invalid JSONP index'),
+        ('GET', 'EIO=4&transport=polling&j=x', 'JSONP polling is not supported'),
+        ('GET', 'EIO=4&transport=polling&j=0', 'JSONP polling is not supported'),  # answered as script before
     ],
 )
 async def test_bad_polling_requests_get_400(served: Serve, method: str, query: str, message: str) -> None:

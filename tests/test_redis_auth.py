@@ -18,7 +18,8 @@ from gamelist_service.logs import redact
 from gamelist_service.store import SentinelUrl, Store, connect, parse_sentinel_url, redact_url
 
 from .conftest import RedisServer, cli_command, free_port, wait_for_ping
-from .helpers import Recorder, Serve, answers, http_get, shipped_data, wait_until, write_config
+from .helpers import Recorder, Serve, answers, shipped_data, wait_until, write_config
+from .helpers import ready as ready_of
 
 PASSWORD = 'sekrit'
 ACL_USER, ACL_PASSWORD = 'gamelist', 'acl-pass-9f3e'
@@ -48,7 +49,7 @@ def flushed(protected: RedisServer) -> RedisServer:
 
 
 def serve_on(tmp_path: Path, url: str) -> Serve:
-    data = shipped_data()
+    data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '1h'
     return Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), env={'GAMELIST_REDIS_URL': url})
 
@@ -69,7 +70,7 @@ async def test_serve_with_a_password_or_an_acl_user(tmp_path: Path, flushed: Red
             assert reply['status'] == 'success' and reply['data']['total_games'] == 5
         finally:
             await client.close()
-        status, body = http_get(serve.url + '/ready')
+        status, body = ready_of(serve)
         assert status == 200 and body['redis']['status'] == 'ok'
         # the file that tells publish and check where this Redis is holds the URL: readable by its owner only
         info = tmp_path / '.gamelist' / str(serve.port) / 'instance.json'
@@ -101,7 +102,7 @@ def test_a_wrong_or_missing_password_is_reported_without_the_password(
     serve = serve_on(tmp_path, f'redis://{at}127.0.0.1:{flushed.port}/0').start(wait_ready=False)
     try:
         assert wait_until(lambda: answers(serve))
-        status, body = http_get(serve.url + '/ready')
+        status, body = ready_of(serve)
         assert status == 503
         assert 'Redis is not answering' in body['reason']
         reason = body['reason'].lower()
