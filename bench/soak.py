@@ -29,6 +29,7 @@ def write_config(path: Path, generation: int) -> None:
     config = yaml.safe_load((ROOT / 'config' / 'games.yaml').read_text())
     config['server'].update(transports=['websocket'], ping_interval='25s', ping_timeout='20s')
     config['schedules'] = [{'name': 'soak', 'list': 'current', 'every': '1s'}]
+    config['limits'] = {'max_connections_per_ip': 0}  # every client comes from 127.0.0.1
     config['games'][0]['name'] = f'Poker (config {generation})'  # each reload really changes something
     path.write_text(yaml.safe_dump(config))
 

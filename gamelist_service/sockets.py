@@ -20,6 +20,7 @@ from .config import schema
 from .exceptions import GamelistError
 from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
 from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter
+from .origins import OriginPolicy, quiet_engineio
 from .service import GamelistService
 from .settings import LimitSettings, NamespaceSettings
 
@@ -347,7 +348,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
     sio = GamelistServer(
         client_manager=fastpath.create_manager(server.fast_broadcast),
         async_mode=async_mode,
-        cors_allowed_origins=list(server.cors_allowed_origins),
+        cors_allowed_origins=OriginPolicy(server.cors_allowed_origins, server.trust_forwarded_for),
         transports=list(server.transports or DEFAULT_TRANSPORTS),
         ping_interval=server.ping_interval_s,
         ping_timeout=server.ping_timeout_s,
@@ -357,6 +358,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         limits=lambda: service.settings.limits,  # read on each use: a reload applies at once
         trust_forwarded_for=server.trust_forwarded_for,
     )
+    quiet_engineio(sio.eio.logger)
     fastpath.install(sio)
     sio.lean_hub = lean.install(sio, sio.manager)  # websockets without Sanic's websocket machinery
     slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)

@@ -26,6 +26,7 @@ from .conftest import cli_command, free_port
 from .helpers import Serve, http_get, shipped_data, write_config
 
 CHROMIUM = Path(os.environ.get('GAMELIST_CHROMIUM', '/usr/bin/chromium'))
+LOBBY_HOST = 'lobby.test'
 CHROMIUM_ARGS = [
     '--no-sandbox',
     '--disable-gpu',
@@ -34,6 +35,8 @@ CHROMIUM_ARGS = [
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
+    # a name that is not 127.0.0.1 for the page's origin and Host header; the traffic stays on loopback
+    f'--host-resolver-rules=MAP {LOBBY_HOST} 127.0.0.1',
 ]
 WAIT_MS = 15_000
 API_TOKEN = 'page-test-token'
@@ -46,12 +49,13 @@ def _in_ci() -> bool:
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    """One serve whose CORS list names its own random port, as the page's origin is http://127.0.0.1:<port>."""
+    """One serve on a random port with the shipped CORS list (it names port 3000 only): the page's own origin,
+    http://127.0.0.1:<port>, is accepted as the service's own."""
     workdir = tmp_path_factory.mktemp('page')
     port = free_port()
     data = shipped_data()
     data['schedules'][0]['every'] = '1h'  # runs once at start; every later change comes from the test's publish
-    data['server']['cors_allowed_origins'] = [f'http://127.0.0.1:{port}']
+    assert f'http://127.0.0.1:{port}' not in data['server']['cors_allowed_origins']
     serve = Serve(workdir, write_config(workdir / 'games.yaml', data), port, env={'GAMELIST_API_TOKEN': API_TOKEN})
     serve.start()
     yield serve
@@ -341,3 +345,22 @@ def test_static_files_are_our_own_readable_code() -> None:
         text = file.read_text()
         assert not re.search(r'(src|href)=["\']?(https?:)?//', text), f'{file.name} loads from another host'
         assert max(len(line) for line in text.splitlines()) <= 200, f'{file.name} has minified-looking lines'
+
+
+def test_the_page_connects_under_another_host_name_and_port(browser: Browser, served: Serve) -> None:
+    """The page as a player on the LAN would open it (another name than 127.0.0.1, a port other than 3000): it is the
+    service's own origin, whatever server.cors_allowed_origins lists."""
+    context = browser.new_context()
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on('pageerror', lambda exc: errors.append(str(exc)))
+    opened.route(re.compile(rf'^(?!(http|ws)://{re.escape(LOBBY_HOST)}:\d+/).*'), lambda route: route.abort())
+    try:
+        opened.goto(f'http://{LOBBY_HOST}:{served.port}/')
+        connect(opened, '/')
+        opened.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
+        assert_table_shows(opened, current_list(served))
+    finally:
+        context.close()
+    assert errors == []
+    assert 'is not an accepted origin' not in served.log()
