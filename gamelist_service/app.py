@@ -68,8 +68,11 @@ def create_app(
     sio = create_server(service, ASYNC_MODE)
     # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback; events are counted first
     protocol.install(sio, sio.gate, sio.refuse)
-    protocol.guard_requests(sio.eio)
+    hub = sio.lean_hub
+    protocol.guard_requests(sio.eio, hub.accept_and_close if hub is not None else None)
     sio.attach(app)
+    # Node's engine.io answers a handshake with another method 400, not 405
+    app.add_route(protocol.bad_handshake_method, '/socket.io/', methods=['PUT', 'PATCH', 'DELETE'])
     app.ctx.settings = settings
     app.ctx.store = store
     app.ctx.service = service

@@ -445,6 +445,7 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             sticky_sessions=server['sticky_sessions'],
             fast_broadcast=server['fast_broadcast'],
             trust_forwarded_for=server['trust_forwarded_for'],
+            connect_timeout_s=parse_duration(server['connect_timeout']),
             handshake_timeout_s=parse_duration(server['handshake_timeout']),
             backlog=server['backlog'],
             admin_token_env=server.get('admin_token_env', ''),

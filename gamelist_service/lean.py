@@ -156,6 +156,20 @@ class _Detached:
         pass
 
 
+class _Closing(asyncio.Protocol):
+    """A connection accepted only to be closed: it releases its socket's count when it is gone."""
+
+    def __init__(self, hub: Hub, ip: str | None) -> None:
+        self.hub = hub
+        self.ip = ip
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        limiter = getattr(self.hub.sio, 'limiter', None)
+        if self.ip is not None and limiter is not None:
+            limiter.socket_closed(self.ip)
+            self.ip = None
+
+
 class LeanConnection(asyncio.Protocol):
     """One websocket connection of an Engine.IO session; see the module docstring."""
 
@@ -451,20 +465,33 @@ class Hub:
         if sock.closed or sock.closing or sock.upgraded or sock.upgrading:
             return False
         request = environ.get('sanic.request')
-        transport = getattr(request, 'transport', None)
-        if request is None or transport is None or transport.is_closing():
+        answered = self._switch(request) if request is not None else None
+        if answered is None:
             return False
+        transport, early, ip = answered
+        _release_request(environ)
+        # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
+        # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
+        contextvars.Context().run(self._attach, sock, transport, early, ip)
+        return True
+
+    def _switch(self, request: Any) -> tuple[Any, bytes, str | None] | None:
+        """Answer a websocket handshake (101) and take the connection from Sanic: (transport, bytes the client sent
+        after its handshake, the address its socket is counted under); None (nothing done) when it cannot."""
+        transport = getattr(request, 'transport', None)
+        if transport is None or transport.is_closing():
+            return None
         headers = request.headers
         accept = accept_key(headers.get('sec-websocket-key', ''))
         if accept is None or headers.get('sec-websocket-version') != '13':
-            return False  # the driver (websockets) answers with the reason
+            return None  # the driver (websockets) answers with the reason
         sanic_protocol = transport.get_protocol()
         http = sanic_protocol._http
         if http is None or sanic_protocol.transport is not transport:
-            return False
+            return None
         ip = getattr(sanic_protocol, 'counted_ip', None)  # httpproto.GuardedHttpProtocol counted this socket
         if ip is not None:
-            sanic_protocol.counted_ip = None  # the lean connection releases it, when it closes
+            sanic_protocol.counted_ip = None  # whoever takes the connection releases it, when it closes
         early = bytes(sanic_protocol.recv_buffer)  # frames the client sent before the 101 (it should not)
         sanic_protocol.recv_buffer.clear()
         transport.write(
@@ -475,10 +502,23 @@ class Hub:
         sanic_protocol.transport = _Detached()
         http.keep_alive = False
         sanic_protocol.connections.discard(sanic_protocol)
-        _release_request(environ)
-        # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
-        # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
-        contextvars.Context().run(self._attach, sock, transport, early, ip)
+        return transport, early, ip
+
+    def accept_and_close(self, request: Any) -> bool:
+        """A websocket for a session that is upgraded already: accept it (101), then close it, as Node's engine.io
+        does; the session's own connection is untouched. False (nothing done) when it cannot."""
+        if not self.enabled:
+            return False
+        try:
+            answered = self._switch(request)
+        except AttributeError:
+            return False
+        if answered is None:
+            return False
+        transport, _, ip = answered
+        transport.set_protocol(_Closing(self, ip))
+        transport.write(wsframe.frame(wsframe.CLOSE, b''))  # no status, as Node's ws.close() sends
+        transport.close()
         return True
 
     def _attach(self, sock: Any, transport: Any, early: bytes, ip: str | None) -> None:

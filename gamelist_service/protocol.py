@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
+from engineio.async_socket import AsyncSocket
 from sanic.response import json as sanic_json
 from socketio import packet as sio_packet
 
@@ -181,8 +183,9 @@ def install(sio: Any, gate: Gate, on_refusal: Callable[[str, Refusal], Any]) -> 
 
     async def on_connect(eio_sid: str, environ: dict[str, Any]) -> Any:
         session = eio.sockets.get(eio_sid)
-        if session is not None:
-            session.handle_post_request = _guarded_post(sio, session)
+        if session is not None and type(session) is AsyncSocket:
+            session.__class__ = GuardedSocket
+            fix_open_packet(session)
         return await handle_connect(eio_sid, environ)
 
     async def on_message(eio_sid: str, data: Any) -> None:
@@ -220,48 +223,101 @@ def install(sio: Any, gate: Gate, on_refusal: Callable[[str, Refusal], Any]) -> 
     sio._handle_event = on_event
 
 
-def guard_requests(eio: Any) -> None:
-    """Refuse, before python-engineio sees them, the requests this service does not serve (call before attach).
+def guard_requests(eio: Any, second_websocket: Callable[[Any], bool] | None = None) -> None:
+    """Answer, before python-engineio sees them, the requests Node's engine.io answers otherwise (call before attach).
 
-    JSONP polling (`&j=N`) is answered by python-engineio as script text, outside the Origin check a browser applies
-    to XHR: any page could read the session. Node's socket.io 4 dropped JSONP; here it gets 400.
+    - JSONP polling (`&j=N`): python-engineio answers it as script text, outside the Origin check a browser applies
+      to XHR, so any page could read the session. Node's socket.io 4 dropped JSONP; here it gets 400.
+    - A handshake without a transport: 400 "Transport unknown" (python-engineio took it for polling).
+    - A websocket for a session that is upgraded already: accepted, then closed, as Node does (second_websocket
+      does it, when lean connections run); python-engineio refused the handshake, which a browser cannot tell from
+      a server that is down. The upgraded connection is untouched.
     """
     handle_request = eio.handle_request
 
     async def guarded(request: Any, *args: Any, **kwargs: Any) -> Any:
-        args_of = getattr(request, 'args', None)
-        if args_of is not None and 'j' in args_of:
-            return sanic_json({'code': 3, 'message': 'Bad request: JSONP polling is not supported'}, status=400)
+        query = getattr(request, 'args', None)
+        if query is not None:
+            if 'j' in query:
+                return bad_request(3, 'Bad request: JSONP polling is not supported')
+            sid = query.get('sid')
+            if sid is None and request.method == 'GET' and 'transport' not in query:
+                return bad_request(0, 'Transport unknown')
+            if sid is not None and second_websocket is not None:
+                session = eio.sockets.get(sid)
+                upgrade = str(request.headers.get('upgrade', '')).lower() == 'websocket'
+                if upgrade and session is not None and session.upgraded and second_websocket(request):
+                    return sanic_json({})  # the connection was taken over: this answer goes nowhere
         return await handle_request(request, *args, **kwargs)
 
     eio.handle_request = guarded
 
 
-def _guarded_post(sio: Any, session: Any) -> Any:
-    """A polling session's POST handler that ends the session on a body Engine.IO cannot decode or accept."""
-    handle_post = session.handle_post_request
+def bad_request(code: int, message: str) -> Any:
+    """Node's engine.io error answer: 400 with {"code": ..., "message": ...}."""
+    return sanic_json({'code': code, 'message': message}, status=400)
 
-    async def handle_post_request(environ: dict[str, Any]) -> Any:
+
+async def bad_handshake_method(request: Any) -> Any:
+    """PUT, PATCH, DELETE on the Engine.IO endpoint: Node's 400 "Bad handshake method", not a 405."""
+    return bad_request(2, 'Bad handshake method')
+
+
+class GuardedSocket(AsyncSocket):  # type: ignore[misc]
+    """python-engineio's session, as Node's engine.io behaves (install() switches each new session to this class).
+
+    - A POST body Engine.IO cannot decode or accept ends the session, with one warning line and a 400.
+    - A close packet posted while a poll waits: the poll is answered with a NOOP (200), then the session closes
+      (python-engineio left the poll hanging until its timeout, then answered 400).
+    - A poll after ping interval + ping timeout without a pong: the session closes and the poll gets 400 (python-
+      engineio's service task finds it only on its next round, up to a ping timeout later, and meanwhile polls are
+      answered).
+    """
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> Any:
         try:
-            return await handle_post(environ)
+            return await super().handle_post_request(environ)
         except eio_exceptions.EngineIOError:  # a body over max_http_buffer_size: Engine.IO answers 400 and disconnects
-            await _close_now(sio, session)  # ... without waiting for a poll that may never come
+            await self._close_now()  # ... without waiting for a poll that may never come
             raise
         except PARSE_ERRORS as exc:  # what decoding a malformed payload raises
             logger.warning(
                 'dropping connection %s: malformed Engine.IO payload (%s: %s)',
-                session.sid,
+                self.sid,
                 type(exc).__name__,
                 str(exc)[:80],
             )
-            await _close_now(sio, session)
+            await self._close_now()
             raise eio_exceptions.EngineIOError('malformed payload') from None  # Engine.IO answers 400
 
-    return handle_post_request
+    async def receive(self, pkt: Any) -> None:
+        if pkt.packet_type == eio_packet.CLOSE and not self.upgraded:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # the pending poll ends with it
+        await super().receive(pkt)
+
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        if self.connected and not self.upgraded and not self.upgrading and not await self.check_ping_timeout():
+            raise eio_exceptions.EngineIOError('ping timeout')  # Engine.IO answers 400; the session is closed
+        return await super().handle_get_request(environ)
+
+    async def _close_now(self) -> None:
+        await self.close(wait=False, reason=self.server.reason.SERVER_DISCONNECT)
 
 
-async def _close_now(sio: Any, session: Any) -> None:
-    await session.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)
+def fix_open_packet(session: Any) -> None:
+    """The handshake's pingInterval in milliseconds as configured (python-engineio rounds the seconds down first:
+    300ms became 0, and a client trusting it timed out)."""
+    queued = []
+    while not session.queue.empty():
+        queued.append(session.queue.get_nowait())
+        session.queue.task_done()
+    server = session.server
+    for pkt in queued:
+        if pkt is not None and pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+            grace = getattr(server, 'ping_interval_grace_period', 0)
+            pkt.data['pingInterval'] = round((server.ping_interval + grace) * 1000)
+            pkt.data['pingTimeout'] = round(server.ping_timeout * 1000)
+        session.queue.put_nowait(pkt)
 
 
 async def drop(sio: Any, eio_sid: str, why: str) -> None:
@@ -280,4 +336,4 @@ async def drop(sio: Any, eio_sid: str, why: str) -> None:
         return
     session = sio.eio.sockets.get(eio_sid)
     if session is not None:  # polling: the CLOSE packet goes with the next poll; no waiting for it here
-        await _close_now(sio, session)
+        await session.close(wait=False, reason=sio.eio.reason.SERVER_DISCONNECT)

@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import socketio
 from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 from . import fastpath, lean, metrics, protocol, screenpath, slim
 from .auth import AuthRefused, authenticate
@@ -44,9 +45,12 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         *args: Any,
         limits: Callable[[], LimitSettings] = LimitSettings,
         trust_forwarded_for: bool = False,
+        connect_timeout_s: float = 45.0,
         **kwargs: Any,
     ) -> None:
         self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
+        self.connect_timeout_s = connect_timeout_s
+        self._connect_timers: dict[str, asyncio.TimerHandle] = {}  # eio sid -> its deadline to join a namespace
         self.gate = protocol.Gate(self.limiter)
         self.closed_sessions = 0  # Engine.IO sessions ended so far (heap.HeapPolicy)
         self.screen_responder: screenpath.ScreenResponder | None = None
@@ -70,7 +74,32 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             logger.warning('refused a connection from %s: it holds too many already', ip)
             return {'message': TOO_MANY_CONNECTIONS}  # Engine.IO answers 401 with this body
         self.limiter.opened(eio_sid, ip)
+        loop = asyncio.get_running_loop()
+        self._connect_timers[eio_sid] = loop.call_later(self.connect_timeout_s, self._connect_timeout, eio_sid)
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    def joined(self, eio_sid: str) -> None:
+        """The session joined a namespace: its connect timeout no longer applies."""
+        timer = self._connect_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _connect_timeout(self, eio_sid: str) -> None:
+        """As Node's socket.io (connectTimeout): a session that joined no namespace in time is closed."""
+        self._connect_timers.pop(eio_sid, None)
+        logger.debug('closing session %s: it joined no namespace within %gs', eio_sid, self.connect_timeout_s)
+        self._spawn(self.end_session(eio_sid, 1000, 'connect timeout'))
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        namespace = namespace or '/'
+        if namespace not in self.namespace_handlers and namespace not in self.handlers:
+            # protocol v5: a connect_error carries an object (python-socketio sends the text 'Unable to connect')
+            error = self.packet_class(
+                sio_packet.CONNECT_ERROR, data={'message': 'Invalid namespace'}, namespace=namespace
+            )
+            await self._send_packet(eio_sid, error)
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         try:
@@ -78,6 +107,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         finally:
             self.limiter.closed(eio_sid)
             self.users.pop(eio_sid, None)
+            self.joined(eio_sid)
             self.closed_sessions += 1
             if self.lean_hub is not None:
                 self.lean_hub.session_ended(eio_sid)  # an upgrade still in progress ends with its session
@@ -215,6 +245,8 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
         if claims and eio_sid is not None:
             self._hold_claims(sid, eio_sid, claims)
+        if eio_sid is not None and isinstance(self.server, GamelistServer):
+            self.server.joined(eio_sid)
         self.clients.add(sid)
         metrics.CONNECTED_CLIENTS.labels(self.namespace).inc()
         self.joined += 1
@@ -357,6 +389,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         engineio_logger=False,
         limits=lambda: service.settings.limits,  # read on each use: a reload applies at once
         trust_forwarded_for=server.trust_forwarded_for,
+        connect_timeout_s=server.connect_timeout_s,
     )
     quiet_engineio(sio.eio.logger)
     fastpath.install(sio)

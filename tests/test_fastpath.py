@@ -18,7 +18,7 @@ import pytest
 import redis
 import socketio
 
-from gamelist_service import fastpath
+from gamelist_service import fastpath, rooms
 from gamelist_service.instances import running
 
 from .conftest import free_port
@@ -258,7 +258,7 @@ def test_a_missing_attribute_falls_back_to_the_plain_manager(
     monkeypatch.delattr(AsyncSocket, '_websocket_handler')
     with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
         manager = fastpath.create_manager(True)
-    assert type(manager) is socketio.AsyncManager
+    assert type(manager) is rooms.IndexedAsyncManager  # the plain emit, with its rooms still indexed
     assert 'broadcast fast path disabled' in caplog.text
     assert 'engineio AsyncSocket._websocket_handler' in caplog.text
 
@@ -268,12 +268,12 @@ def test_a_slot_gone_from_sanic_falls_back(monkeypatch: pytest.MonkeyPatch, capl
 
     monkeypatch.setattr(SanicProtocol, '__slots__', ('transport', '_time'))
     with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
-        assert type(fastpath.create_manager(True)) is socketio.AsyncManager
+        assert type(fastpath.create_manager(True)) is rooms.IndexedAsyncManager
     assert 'SanicProtocol._can_write' in caplog.text
 
 
 def test_fast_broadcast_false_gives_the_plain_manager() -> None:
-    assert type(fastpath.create_manager(False)) is socketio.AsyncManager
+    assert type(fastpath.create_manager(False)) is rooms.IndexedAsyncManager
 
 
 def test_another_websocket_driver_disables_the_fast_path(caplog: pytest.LogCaptureFixture) -> None:
