@@ -326,7 +326,6 @@ def test_the_live_page_sends_its_token(tmp_path: Path) -> None:
     port = free_port()
     data = shipped_data()
     data['schedules'][0]['every'] = '1h'
-    data['server']['cors_allowed_origins'] = [f'http://127.0.0.1:{port}']
     data['namespaces']['/gameplay']['auth'] = {'mode': 'token', 'token_env': 'GAMEPLAY_TOKEN'}
     config = write_config(tmp_path / 'games.yaml', data)
     serve = Serve(tmp_path, config, port, env={'GAMEPLAY_TOKEN': SHARED}).start()
@@ -335,8 +334,8 @@ def test_the_live_page_sends_its_token(tmp_path: Path) -> None:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
-                page.goto(serve.url + '/')
-                page.select_option('#namespace', '/gameplay')
+                page.goto(serve.url + '/?ns=/gameplay')  # it connects at once, without a token: refused
+                wait_for_log(page, f'connect_error: {auth.AUTH_REQUIRED}', 1)
                 page.fill('#token', 'not-the-token')
                 page.click('#btn-connect')
                 wait_for_log(page, f'connect_error: {auth.INVALID_TOKEN}', 1)

@@ -109,7 +109,15 @@ def published_version(result: subprocess.CompletedProcess[str]) -> int:
     return int(found.group(1))
 
 
+def wait_connected(page: Page) -> None:
+    page.wait_for_function("() => document.querySelector('#conn-state').textContent === 'connected'", timeout=WAIT_MS)
+
+
 def connect(page: Page, namespace: str, token: str = '') -> None:
+    """Connect the page to namespace (it is connected to / from the start: disconnect first)."""
+    if page.inner_text('#conn-state') != 'disconnected':
+        page.click('#btn-disconnect')
+        page.wait_for_function("() => document.querySelector('#conn-state').textContent === 'disconnected'")
     page.select_option('#namespace', namespace)
     page.fill('#token', token)
     page.click('#btn-connect')
@@ -187,7 +195,9 @@ def save_screenshot(page: Page, path: Path) -> None:
 
 def test_page_shows_the_list_and_updates_it_in_place_after_publish(page: Page, served: Serve, tmp_path: Path) -> None:
     assert page.title() == 'gamelist-service · live'
-    assert page.inner_text('#conn-state') == 'disconnected'
+    wait_connected(page)  # the page connects to / as it opens, and shows the list at once
+    assert page.input_value('#namespace') == '/'
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
     connect(page, '/gameplay')
     page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
     assert_table_shows(page, current_list(served))
@@ -291,24 +301,31 @@ def test_put_reaches_the_table_and_its_latency(page: Page, served: Serve) -> Non
     )
 
 
-def test_reconnect_sends_the_token_and_the_last_version_and_catches_up(page: Page, served: Serve) -> None:
+def test_reconnect_sends_the_token_and_the_last_version_and_catches_up(browser: Browser, served: Serve) -> None:
+    context = browser.new_context()
+    page = context.new_page()
     sent: list[str] = []
     page.on('websocket', lambda ws: ws.on('framesent', lambda payload: sent.append(str(payload))))
-    connect(page, '/', token='tok-123')
-    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
-    seen: int = page.evaluate('window.gamelistPage.version')
-    assert '40{"token":"tok-123"}' in sent  # the first CONNECT: no version seen yet
+    try:
+        page.goto(served.url + '/')
+        wait_connected(page)  # connected to / as it opened, without a token
+        page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
+        assert '40' in sent  # the first CONNECT: no token, no version seen yet
+        connect(page, '/', token='tok-123')
+        seen: int = page.evaluate('window.gamelistPage.version')
+        assert f'40{{"token":"tok-123","since":{seen}}}' in sent
 
-    page.click('#btn-disconnect')
-    assert page.inner_text('#conn-state') == 'disconnected'
-    version = published_version(publish(served))  # the list moves on while the page is away
-    assert version > seen
+        page.click('#btn-disconnect')
+        assert page.inner_text('#conn-state') == 'disconnected'
+        version = published_version(publish(served))  # the list moves on while the page is away
+        assert version > seen
 
-    connect(page, '/', token='tok-123')
-    wait_for_version_change(page, f'{seen:,}')  # sent by the service because of since; the page asks nothing
-    assert page.inner_text('#version') == f'{version:,}'
-    assert f'40{{"token":"tok-123","since":{seen}}}' in sent
-    assert sum('main:screen' in frame for frame in sent) == 1  # only on the very first connect
+        connect(page, '/', token='tok-123')
+        wait_for_version_change(page, f'{seen:,}')  # sent by the service because of since; the page asks nothing
+        assert page.inner_text('#version') == f'{version:,}'
+        assert sum('main:screen' in frame for frame in sent) == 1  # only on the very first connect
+    finally:
+        context.close()
 
 
 def test_static_files_are_served_with_types_and_no_cache(served: Serve) -> None:
@@ -364,3 +381,17 @@ def test_the_page_connects_under_another_host_name_and_port(browser: Browser, se
         context.close()
     assert errors == []
     assert 'is not an accepted origin' not in served.log()
+
+
+def test_the_page_opens_live_on_the_namespace_its_url_names(browser: Browser, served: Serve) -> None:
+    context = browser.new_context()
+    opened = context.new_page()
+    try:
+        opened.goto(served.url + '/?ns=/gameplay')
+        wait_connected(opened)
+        assert opened.input_value('#namespace') == '/gameplay'
+        assert '/gameplay' in opened.inner_text('#conn-detail')
+        opened.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
+        assert_table_shows(opened, current_list(served))
+    finally:
+        context.close()

@@ -304,7 +304,15 @@ function init() {
       return client ? client.state : STATES.IDLE;
     },
   });
-  log('info', 'page loaded; choose a namespace and connect');
+  // the page opens live: on the namespace the URL names (?ns=/gameplay), else /
+  const wanted = new URLSearchParams(window.location.search).get('ns');
+  const select = $('#namespace');
+  if (wanted && /^\/[A-Za-z0-9_\-/]*$/.test(wanted)) {
+    if (![...select.options].some((option) => option.value === wanted)) select.add(new Option(wanted, wanted));
+    select.value = wanted;
+  }
+  log('info', `page loaded; connecting to ${select.value}`);
+  connect();
 }
 
 init();
