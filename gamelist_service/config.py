@@ -29,6 +29,7 @@ from .settings import (
     ListSettings,
     NamespaceSettings,
     PlayerCounts,
+    ProducerSettings,
     RedisSettings,
     ScheduleSettings,
     ServerSettings,
@@ -186,10 +187,12 @@ def _one_list_problems(
     if lst['key'] in keys:
         yield _at(doc, ('lists', name, 'key'), f'Redis key {lst["key"]!r} is already used by list {keys[lst["key"]]!r}')
     keys[lst['key']] = name
-    if isinstance(lst['games'], list):  # not "all"; a string is a schema error, not a list of one-letter ids
+    if isinstance(lst.get('games'), list):  # not "all"; a string is a schema error, not a list of one-letter ids
         for j, game_id in enumerate(lst['games']):
             if game_id not in game_ids:
                 yield _at(doc, ('lists', name, 'games', j), _unknown('game', game_id, game_ids))
+    elif lst.get('games') == 'all' and not game_ids:
+        yield _at(doc, ('lists', name, 'games'), 'no games to build this list from: add games, or fed_by: producers')
     if isinstance(lst['namespaces'], list):
         for j, ns in enumerate(lst['namespaces']):
             if ns not in namespaces:
@@ -228,6 +231,12 @@ def _one_schedule_problems(doc: Document, i: int, sched: dict[str, Any], names: 
         )
     if sched['list'] not in lists:
         yield _at(doc, ('schedules', i, 'list'), _unknown('list', sched['list'], set(lists)))
+    elif (lists[sched['list']] or {}).get('fed_by') == 'producers':
+        yield _at(
+            doc,
+            ('schedules', i, 'list'),
+            f'list {sched["list"]!r} is fed by producers: a schedule would build it from templates; remove the schedule',
+        )
 
 
 def _tolerant(problems: Iterator[Problem]) -> Iterator[Problem]:
@@ -322,6 +331,11 @@ def _server_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]
         problem = _secret_problem(name, env, 'the admin token')
         if problem:
             yield _at(doc, ('server', 'admin_token_env'), problem)
+    producers = doc.data.get('producers') or {}
+    if isinstance(producers.get('token_env'), str):
+        problem = _secret_problem(producers['token_env'], env, "the producers' shared secret")
+        if problem:
+            yield _at(doc, ('producers', 'token_env'), problem)
     listen = server.get('metrics_listen')
     if isinstance(listen, str) and ':' in listen and not 1 <= int(listen.rsplit(':', 1)[1]) <= 65535:
         yield _at(doc, ('server', 'metrics_listen'), f'{listen!r}: the port must be 1-65535')
@@ -405,9 +419,10 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             name=name,
             key=lst['key'],
             ttl_s=parse_duration(lst['ttl']),
-            games=all_ids if lst['games'] == 'all' else tuple(lst['games']),
+            games=all_ids if lst.get('games') == 'all' else tuple(lst.get('games', ())),
             event=lst.get('event', 'game_list:updated'),
             namespaces=tuple(lst['namespaces']),
+            fed_by=lst.get('fed_by', 'templates'),
         )
         for name, lst in data['lists'].items()
     )
@@ -467,6 +482,16 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
         schedules=schedules,
         leader_lease_s=parse_duration(data.get('leader', {}).get('lease', '5s')),
         limits=_limits(_defaults('limits') | data.get('limits', {})),
+        producers=_producers(data.get('producers') or {}, env),
+    )
+
+
+def _producers(conf: dict[str, Any], env: Mapping[str, str]) -> ProducerSettings:
+    claim = conf.get('jwt_claim')
+    return ProducerSettings(
+        token_env=conf.get('token_env', ''),
+        token=env.get(conf['token_env'], '') if 'token_env' in conf else '',
+        jwt_claim=(claim['name'], claim['value']) if claim else None,
     )
 
 

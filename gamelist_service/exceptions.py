@@ -61,3 +61,15 @@ class PayloadError(GamelistError):
     """A client sent data that does not fit the contract; message says what is wrong."""
 
     status_code = 422
+
+
+class ListExpired(GamelistError):
+    """A list fed by producers has expired (or was never sent): the service does not invent one from templates."""
+
+    status_code = 404
+
+
+class NotFromTemplates(GamelistError):
+    """A list fed by producers was asked to be built from templates (publish, a schedule)."""
+
+    status_code = 409

@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from . import metrics
-from .exceptions import FencedError, StoreError
+from .exceptions import FencedError, ListExpired, NotFromTemplates, StoreError
 from .gamelist import build_list, envelope
 from .leader import Leadership, RedisLedger, process_identity
 from .listcache import ListCache
@@ -77,6 +77,11 @@ class GamelistService:
         """Build the list from its templates, write it with its TTL and a new version, and announce it."""
         settings = self.settings  # one configuration for the whole tick, even if a reload lands meanwhile
         lst = settings.get_list(list_name)
+        if lst.from_producers:
+            raise NotFromTemplates(
+                f'list {list_name} is fed by producers (lists.{list_name}.fed_by): it is never built from templates; '
+                'push it with PUT /api/v1/lists/<name>, GameListUpdater or game_list:updated'
+            )
         async with self._lock(list_name):
             data = build_list(settings.templates_for(lst), lst.ttl_s, self._rng)
             return await self.write_and_announce(lst, data, fence=fence)
@@ -116,6 +121,8 @@ class GamelistService:
         if data is not None:
             await self.lists.fill(self.store, lst, data)
             return data
+        if lst.from_producers:  # nobody sent a list lately: never show games that nobody sent
+            raise ListExpired(f'no current game list: {lst.key} has expired and its producers have not sent a new one')
         async with self._lock(list_name):  # many clients asking at once cause one rebuild
             data = await self._read(lst.key)
             if data is not None:

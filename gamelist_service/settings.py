@@ -9,6 +9,7 @@ from typing import Literal
 Status = Literal['active', 'maintenance', 'coming_soon']
 AuthMode = Literal['none', 'token', 'jwt']
 OverLimit = Literal['disconnect', 'error']
+FedBy = Literal['templates', 'producers']
 EMBEDDED = 'embedded'
 
 
@@ -123,6 +124,20 @@ class ListSettings:
     games: tuple[str, ...]
     event: str
     namespaces: tuple[str, ...]
+    fed_by: FedBy = 'templates'  # producers: only what producers push, never built from templates
+
+    @property
+    def from_producers(self) -> bool:
+        return self.fed_by == 'producers'
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSettings:
+    """Who may send game_list:updated: holders of the producers' secret, or JWT clients with a claim."""
+
+    token_env: str = ''
+    token: str = field(default='', repr=False)  # the secret from token_env: never in a repr or a log
+    jwt_claim: tuple[str, str] | None = None  # (name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,7 @@ class Settings:
     schedules: tuple[ScheduleSettings, ...]
     leader_lease_s: float = 5.0
     limits: LimitSettings = LimitSettings()
+    producers: ProducerSettings = ProducerSettings()
     digest: str = ''
 
     def get_list(self, name: str) -> ListSettings:

@@ -16,10 +16,11 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from . import fastpath, lean, metrics, protocol, screenpath, slim
-from .auth import AuthRefused, authenticate
+from .auth import AuthRefused, authenticate, secrets_equal
 from .config import schema
-from .exceptions import GamelistError
-from .gamelist import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
+from .exceptions import GamelistError, ListExpired
+from .gamelist import MAIN_SCREEN_MESSAGE, envelope, list_data, utc_now_iso
+from .games import validate_push
 from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter
 from .origins import OriginPolicy, quiet_engineio
 from .service import GamelistService
@@ -35,6 +36,12 @@ DEFAULT_TRANSPORTS = ('polling', 'websocket')
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
 CLOSE_GRACE_S = 1.0  # after the namespace disconnects: time for the client to close its Engine.IO session itself
 POLICY_VIOLATION = 1008  # websocket close code
+COMPUTED_FIELDS = frozenset(('updated_at', 'cache_duration', 'total_games', 'active_games', 'total_players', 'version'))
+INVALID_PRODUCER_TOKEN = 'invalid producer token'
+NOT_A_PRODUCER = (
+    'game_list:updated is accepted only from producers: connect with auth {"producer_token": ...} '
+    '(see producers in the service configuration)'
+)
 
 
 class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -182,6 +189,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.joined = 0  # clients that connected to this namespace so far (the periodic summary's figures)
         self.left = 0
         self.users: dict[str, str] = {}  # sid -> the user its JWT names (auth mode jwt)
+        self.producers: set[str] = set()  # sids that may send game_list:updated
         self._expiry: dict[str, asyncio.TimerHandle] = {}  # sid -> the end of its JWT's validity
         self._tasks: set[asyncio.Task[None]] = set()
         self._device_validator = jsonschema.Draft202012Validator(schema(DEVICE_INFO_SCHEMA))
@@ -243,8 +251,11 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except AuthRefused as exc:
             logger.warning('client %s refused on %s: %s', sid, self.namespace, exc.reason)
             raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+        producer = self._producer(sid, auth, claims)
         if claims and eio_sid is not None:
             self._hold_claims(sid, eio_sid, claims)
+        if producer:
+            self.producers.add(sid)
         if eio_sid is not None and isinstance(self.server, GamelistServer):
             self.server.joined(eio_sid)
         self.clients.add(sid)
@@ -258,6 +269,21 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return True
+
+    def _producer(self, sid: str, auth: Any, claims: dict[str, Any]) -> bool:
+        """Whether this client may send game_list:updated; a wrong producer token refuses the connect."""
+        producers = self.service.settings.producers
+        token = auth.get('producer_token') if isinstance(auth, dict) else None
+        if token is not None:
+            if not (isinstance(token, str) and producers.token and secrets_equal(token, producers.token)):
+                logger.warning('client %s refused on %s: wrong producer token', sid, self.namespace)
+                raise socketio.exceptions.ConnectionRefusedError(INVALID_PRODUCER_TOKEN)
+            return True
+        if producers.jwt_claim is None or not claims:
+            return False
+        name, value = producers.jwt_claim
+        held = claims.get(name)
+        return held == value or (isinstance(held, list) and value in held)
 
     def _hold_claims(self, sid: str, eio_sid: str, claims: dict[str, Any]) -> None:
         """A JWT client: remember its user, and end its session when the token expires (it reconnects with a new
@@ -285,6 +311,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             self.left += 1
             metrics.CONNECTED_CLIENTS.labels(self.namespace).dec()
         self.users.pop(sid, None)
+        self.producers.discard(sid)
         expiry = self._expiry.pop(sid, None)
         if expiry is not None:
             expiry.cancel()
@@ -293,7 +320,10 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _send_current(self, sid: str, since: int | None) -> None:
         try:
             lst = self.service.settings.get_list(self.settings.list)
-            data = await self.service.current(lst.name)
+            try:
+                data = await self.service.current(lst.name)
+            except ListExpired:
+                return  # nothing to send: no producer has sent a list lately
             if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
                 return
             await self.emit(lst.event, envelope(data, lst.event), to=sid)
@@ -301,12 +331,41 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             logger.error('could not send the current list to %s on %s: %s', sid, self.namespace, exc)
 
     async def on_main_screen(self, sid: str, *args: Any) -> dict[str, Any] | None:
-        data = await self.service.current(self.settings.list)
-        reply = envelope(data, 'main:screen', MAIN_SCREEN_MESSAGE)
+        try:
+            data = await self.service.current(self.settings.list)
+            reply = envelope(data, 'main:screen', MAIN_SCREEN_MESSAGE)
+        except ListExpired as exc:  # a list fed by producers, expired: an error envelope, never invented games
+            logger.info('main:screen on %s: %s', self.namespace, exc.message)
+            reply = {'status': 'error', 'message': exc.message, 'timestamp': utc_now_iso(), 'event': 'main:screen'}
         if _ack_requested.get():
             return reply
         await self.emit('main:screen', reply, to=sid)
         return None
+
+    async def on_game_list_updated(self, sid: str, payload: Any = None, *extra: Any) -> dict[str, Any]:
+        """A producer's list (the prototype's updater sent it this way): validated like a PUT, written with a new
+        version, broadcast. Anyone else gets an error ack."""
+        if sid not in self.producers:
+            return error_ack(NOT_A_PRODUCER)
+        if extra:
+            return error_ack('game_list:updated takes one object')
+        games = validate_push(_push_body(payload))  # GameListInvalid: an error ack naming each bad field
+        lst = self.service.settings.get_list(self.settings.list)
+        stored = await self.service.write_and_announce(lst, list_data(games, lst.ttl_s))
+        logger.info(
+            'producer %s on %s wrote list %s: version %s, %d games',
+            sid,
+            self.namespace,
+            lst.name,
+            stored['version'],
+            len(games),
+        )
+        return {
+            'status': 'success',
+            'message': 'Game list has been updated',
+            'version': stored['version'],
+            'total_games': stored['total_games'],
+        }
 
     async def on_device_info(self, sid: str, payload: Any = None, *extra: Any) -> dict[str, Any]:
         if extra:
@@ -356,6 +415,16 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if bound != user_id:
             return 'this connection already speaks for another user_id'
         return None
+
+
+def _push_body(payload: Any) -> Any:
+    """What a producer sent, as a PUT body: {"gamelist": [...]}. The prototype's updater sent the whole data object
+    (or the envelope around it): the fields the service computes are dropped, as it computes them again."""
+    if isinstance(payload, dict) and isinstance(payload.get('data'), dict) and 'gamelist' not in payload:
+        payload = payload['data']
+    if isinstance(payload, dict):
+        return {key: value for key, value in payload.items() if key not in COMPUTED_FIELDS}
+    return payload
 
 
 def _json_type(value: Any) -> str:

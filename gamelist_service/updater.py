@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import redis
+import socketio
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -36,6 +37,7 @@ from .store import (
     update_message,
     write_list_args,
 )
+from .templates import as_templates
 
 logger = logging.getLogger('gamelist_service.updater')
 
@@ -88,7 +90,10 @@ class GameListUpdater:
 
     Without config, the prototype's defaults: Redis at redis_host:redis_port, list gamelist:current with a 300 s
     TTL, the five default games, event game_list:updated to / and /gameplay (list name 'current').
-    :param socketio_url: accepted for compatibility and logged; notifications go through Redis (gamelist:updates).
+    :param socketio_url: the service; used with producer_token (else notifications go through Redis).
+    :param producer_token: the producers' secret (producers.token_env in the service's config): then the list is sent
+        as game_list:updated over Socket.IO to socketio_url, and the service validates, writes and broadcasts it,
+        as the prototype's Go server rebroadcast it. Without it, the list is written to Redis and published there.
     :param redis_url: a Redis URL, instead of redis_host and redis_port (or the config's Redis).
     :param config: a configuration file: templates, key, TTL and Redis come from it (its first list, or list_name).
     """
@@ -103,8 +108,11 @@ class GameListUpdater:
         config: Path | str | None = None,
         list_name: str | None = None,
         timeout_s: float = 5.0,
+        producer_token: str | None = None,
     ) -> None:
         self.socketio_url = socketio_url
+        self.producer_token = producer_token
+        self.timeout_s = timeout_s
         self.rng = random.Random()
         if config is not None:
             settings = load_settings(config)
@@ -113,14 +121,14 @@ class GameListUpdater:
             except KeyError:
                 names = ', '.join(lst.name for lst in settings.lists)
                 raise GamelistError(f'no list named {list_name!r} in {settings.source}; lists: {names}') from None
-            self.game_templates: list[GameTemplate] = list(settings.templates_for(self.list))
+            self.game_templates: list[GameTemplate | Mapping[str, Any]] = list(settings.templates_for(self.list))
             if redis_url is None:
                 from .cli import resolve_redis_url  # noqa: PLC0415 - the CLI's way to find a running serve's Redis
 
                 redis_url = resolve_redis_url(settings, None, None)
         else:
             self.list = replace(DEFAULT_LIST, name=list_name) if list_name else DEFAULT_LIST
-            self.game_templates = default_templates()
+            self.game_templates = list(default_templates())
         self.redis_url = redis_url or f'redis://{redis_host}:{redis_port}/0'
         self.redis: redis.Redis = redis.Redis.from_url(
             self.redis_url,
@@ -130,22 +138,29 @@ class GameListUpdater:
         )
         self._write_list = self.redis.register_script(_WRITE_LIST_LUA)
         self.last_receivers = 0
-        logger.info(
-            'GameListUpdater: Redis %s, list %s (%s, ttl %gs); socketio_url %s is kept for compatibility, '
-            'running services broadcast what is published on %s',
-            redact_url(self.redis_url),
-            self.list.name,
-            self.list.key,
-            self.list.ttl_s,
-            socketio_url,
-            UPDATES_CHANNEL,
-        )
+        if producer_token:
+            logger.info(
+                'GameListUpdater: list %s sent as a producer to %s (the service writes and broadcasts it)',
+                self.list.name,
+                socketio_url,
+            )
+        else:
+            logger.info(
+                'GameListUpdater: Redis %s, list %s (%s, ttl %gs); running services broadcast what is published on '
+                '%s (socketio_url %s is used only with producer_token)',
+                redact_url(self.redis_url),
+                self.list.name,
+                self.list.key,
+                self.list.ttl_s,
+                UPDATES_CHANNEL,
+                socketio_url,
+            )
 
     # -- the prototype's API -------------------------------------------------------------------------------------
 
     def generate_game_list(self) -> list[dict[str, Any]]:
-        """A fresh list from the templates, with simulated player counts."""
-        return [game_entry(template, self.rng) for template in self.game_templates]
+        """A fresh list from the templates (GameTemplates, or dicts as the prototype took), with simulated players."""
+        return [game_entry(template, self.rng) for template in as_templates(self.game_templates)]
 
     def update_game_list_in_redis(
         self, custom_games: Sequence[Mapping[str, Any]] | None = None, cache_duration: float | None = None
@@ -178,6 +193,9 @@ class GameListUpdater:
         """
         if not isinstance(game_list_data, Mapping) or not isinstance(game_list_data.get('gamelist'), list):
             raise PayloadError('game_list_data must be the object update_game_list_in_redis returned')
+        if self.producer_token:
+            self.send_as_producer(game_list_data['gamelist'])
+            return True
         try:
             receivers = int(self.redis.publish(UPDATES_CHANNEL, update_message(self.list.name, game_list_data)))
         except (RedisError, OSError) as exc:
@@ -202,10 +220,50 @@ class GameListUpdater:
     def update_and_notify(
         self, custom_games: Sequence[Mapping[str, Any]] | None = None, cache_duration: float | None = None
     ) -> dict[str, Any]:
-        """Write the list and have running services broadcast it; returns the data written (with its version)."""
+        """Write the list and have running services broadcast it; returns the data written (with its version).
+
+        With producer_token the service writes it (with the list's TTL; cache_duration does not apply) and broadcasts.
+        """
+        if self.producer_token:
+            games = (
+                self.generate_game_list() if custom_games is None else validate_games(custom_games, root='custom_games')
+            )
+            reply = self.send_as_producer(games)
+            return {**list_data(games, self.list.ttl_s), 'version': reply['version']}
         data = self.update_game_list_in_redis(custom_games, cache_duration)
         self.send_game_list_update_notification(data)
         return data
+
+    def send_as_producer(self, games: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Send games as game_list:updated to socketio_url, as a producer; the service's ack (with the version).
+
+        Raises StoreError when the service cannot be reached, PayloadError when it refuses the list (with its reason).
+        """
+        client = socketio.Client(reconnection=False)
+        namespace = self.list.namespaces[0]
+        refusals: list[Any] = []
+        client.on('connect_error', lambda data=None: refusals.append(data), namespace=namespace)
+        try:
+            client.connect(
+                self.socketio_url,
+                namespaces=[namespace],
+                transports=['websocket'],
+                auth={'producer_token': self.producer_token},
+                wait_timeout=self.timeout_s,
+            )
+            games_sent = {'gamelist': [dict(game) for game in games]}
+            reply = client.call('game_list:updated', games_sent, namespace=namespace, timeout=self.timeout_s)
+        except (socketio.exceptions.ConnectionError, socketio.exceptions.TimeoutError, OSError) as exc:
+            why = refusals[-1].get('message') if refusals and isinstance(refusals[-1], dict) else exc
+            raise StoreError(f'the service at {self.socketio_url} did not take the list: {why}') from exc
+        finally:
+            client.disconnect()
+        if not isinstance(reply, dict) or reply.get('status') != 'success':
+            message = reply.get('message') if isinstance(reply, dict) else reply
+            raise PayloadError(f'the service at {self.socketio_url} refused the list: {message}')
+        self.last_receivers = 1
+        logger.info('Game list (version %s) sent to %s as game_list:updated', reply.get('version'), self.socketio_url)
+        return reply
 
     def continuous_updates(
         self,
