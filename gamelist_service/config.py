@@ -111,6 +111,10 @@ def _explain(doc: Document, error: jsonschema.ValidationError) -> Iterator[Probl
     if error.validator == 'required':
         yield Problem(line, col, path, _short(error.message))
         return
+    if error.validator == 'not' and error.validator_value == {'required': ['games']}:
+        line, col = doc.position((*path, 'games'), key=True)
+        yield Problem(line, col, (*path, 'games'), 'a list fed by producers is never built from games: remove games')
+        return
     if 'propertyNames' in error.schema_path:  # the error is the name's own (pattern): point at that key
         line, col = doc.position((*path, str(error.instance)), key=True)
     yield Problem(line, col, path, _short(error.message))

@@ -233,5 +233,6 @@ def test_a_schedule_on_a_list_fed_by_producers_is_a_config_error(tmp_path: Path)
     settings = load_settings(write_config(tmp_path / 'games.yaml', data), {})
     assert settings.get_list('current').from_producers and settings.get_list('current').games == ()
     data['lists']['current']['games'] = 'all'  # templates for a list nobody builds from them
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as raised:
         load_settings(write_config(tmp_path / 'games.yaml', data), {})
+    assert 'lists.current.games: a list fed by producers is never built from games: remove games' in str(raised.value)
