@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from gamelist_service.sockets import NOT_A_PRODUCER
+
 from .conftest import free_port
 from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
 
@@ -140,6 +142,8 @@ def check_ack(name: str, reply: Any) -> None:
     elif name == 'device:info':
         assert reply['status'] in ('success', 'error'), reply
         assert reply['status'] == 'success' or reply['message'], reply
+    elif name == 'game_list:updated':  # from a client that is not a producer
+        assert reply == {'status': 'error', 'message': NOT_A_PRODUCER}, reply
     else:
         assert reply['status'] == 'error', (name, reply)
         assert 'unknown event' in reply['message'] or 'reserved event name' in reply['message'], reply
