@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import socketio
+from gamelist_service.config.loader.loader import load_settings
 
-from gamelist_service.config import load_settings
-from gamelist_service.service import GamelistService
-from gamelist_service.store import Store
+from gamelist_service.core.service import GamelistService
+from gamelist_service.storage.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -41,7 +41,7 @@ LIST_KEY = 'gamelist:current'
 CHANNEL = 'gamelist:updates'
 
 sys.path.insert(0, str(ROOT))
-from gamelist_service.embedded import find_redis_server
+from gamelist_service.storage.embedded import find_redis_server
 
 
 def log(*parts: Any) -> None:

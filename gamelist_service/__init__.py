@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .updater import GameListUpdater
+    from .producers.updater import GameListUpdater
 
 __version__ = '0.1.0'
 
@@ -15,7 +15,7 @@ __all__ = ['GameListUpdater', '__version__']
 def __getattr__(name: str) -> Any:
     # `from gamelist_service import GameListUpdater` without importing Redis for every command of the CLI
     if name == 'GameListUpdater':
-        from .updater import GameListUpdater  # noqa: PLC0415
+        from .producers.updater import GameListUpdater  # noqa: PLC0415
 
         return GameListUpdater
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, instances
-from .config import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, schema_text, summary
-from .exceptions import GamelistError
+from . import __version__
+from .config.loader import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, schema_text, summary
+from .config.reload import Launch
+from .config.settings import Settings
+from .errors import GamelistError
 from .logs import setup_logging
-from .reload import Launch
-from .settings import Settings
-from .store import Store, redact_url
+from .storage import instances
+from .storage.store import Store, redact_url
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +119,7 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from .server import serve  # noqa: PLC0415 - Sanic is only imported by the command that needs it
+    from .web.server import serve  # noqa: PLC0415 - Sanic is only imported by the command that needs it
 
     env: dict[str, str] = {}
     if ns.port is not None:
@@ -179,7 +180,7 @@ def cmd_publish(ns: argparse.Namespace) -> int:
 
 
 async def _publish(settings: Settings, url: str, list_name: str) -> int:
-    from .service import GamelistService  # noqa: PLC0415
+    from .core.service import GamelistService  # noqa: PLC0415
 
     async def no_emit(event: str, data: dict[str, Any], namespace: str) -> int:
         return 0
@@ -252,7 +253,7 @@ async def _check(url: str, pings: int = 20) -> int:
 
 
 def cmd_updater(ns: argparse.Namespace) -> int:
-    from .updater import GameListUpdater, run_menu  # noqa: PLC0415
+    from .producers.updater import GameListUpdater, run_menu  # noqa: PLC0415
 
     redis_url = ns.redis_url or os.environ.get(ENV_REDIS_URL) or None
     with GameListUpdater(redis_url=redis_url, config=ns.config) as updater:

@@ -16,8 +16,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from gamelist_service.embedded import find_redis_server
 from gamelist_service.logs import default_log_config
+from gamelist_service.storage.embedded import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'

@@ -15,9 +15,9 @@ import pytest
 import redis
 from sanic import Sanic
 
-from gamelist_service.api import openapi_document
-from gamelist_service.app import create_app
-from gamelist_service.config import load_settings, schema
+from gamelist_service.config.loader import load_settings, schema
+from gamelist_service.web.app import create_app
+from gamelist_service.web.lists_api import openapi_document
 
 from .conftest import free_port
 from .helpers import CONTRACT_GAME, SHIPPED_CONFIG, Recorder, Serve, http_get, shipped_data, wait_until, write_config

@@ -13,11 +13,11 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gamelist_service import auth
-from gamelist_service.auth import AuthRefused, authenticate, token_from
-from gamelist_service.config import load_settings
-from gamelist_service.exceptions import ConfigError
-from gamelist_service.settings import AuthSettings, JwtSettings
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.settings import AuthSettings, JwtSettings
+from gamelist_service.errors import ConfigError
+from gamelist_service.web import auth
+from gamelist_service.web.auth import AuthRefused, authenticate, token_from
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, shipped_data, write_config

@@ -17,9 +17,9 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from gamelist_service.exceptions import FencedError
-from gamelist_service.instances import running
-from gamelist_service.store import LEADER_KEY, Store
+from gamelist_service.errors import FencedError
+from gamelist_service.storage.instances import running
+from gamelist_service.storage.store import LEADER_KEY, Store
 
 from .conftest import cli_command, free_port
 from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
@@ -238,7 +238,7 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
         assert wait_until(lambda: serve.log().count('Worker ready') == 2, timeout_s=40)
         for _ in range(16):
             clients.append(await Recorder(serve.url).connect())
-        pids = set(re.findall(r'\[(\d+)\] gamelist_service\.sockets: client \S+ connected to / ', serve.log()))
+        pids = set(re.findall(r'\[(\d+)\] gamelist_service\.web\.sockets: client \S+ connected to / ', serve.log()))
         assert len(pids) == 2, 'clients landed on both workers'
         assert await async_wait_until(lambda: 'finished after 6 runs' in serve.log(), timeout_s=20)
         result = cli(serve, 'publish', '--config', str(serve.config), '--port', str(serve.port))

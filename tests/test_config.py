@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gamelist_service.config import load_settings, schema, schema_text
-from gamelist_service.exceptions import ConfigError, GamelistError
-from gamelist_service.settings import PlayerCounts, Settings
+from gamelist_service.config.loader import load_settings, schema, schema_text
+from gamelist_service.config.settings import PlayerCounts, Settings
+from gamelist_service.errors import ConfigError, GamelistError
 
 from .helpers import ROOT, SHIPPED_CONFIG, shipped_data, write_config
 

@@ -19,12 +19,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gamelist_service._yaml import MAX_DEPTH, MAX_VALUES
 from gamelist_service.cli import main
-from gamelist_service.config import load_settings
-from gamelist_service.exceptions import ConfigError
-from gamelist_service.reload import Launch, ReloadStatus, load_for_reload
-from gamelist_service.settings import Settings
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.reload import Launch, ReloadStatus, load_for_reload
+from gamelist_service.config.settings import Settings
+from gamelist_service.config.yamlpos import MAX_DEPTH, MAX_VALUES
+from gamelist_service.errors import ConfigError
 
 from .helpers import SHIPPED_CONFIG
 

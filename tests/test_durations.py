@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gamelist_service.durations import format_duration, parse_duration
+from gamelist_service.config.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

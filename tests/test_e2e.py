@@ -14,8 +14,8 @@ import redis
 import socketio
 from redis.asyncio import Redis
 
-from gamelist_service.games import GAME_FIELDS
-from gamelist_service.instances import running
+from gamelist_service.producers.validation import GAME_FIELDS
+from gamelist_service.storage.instances import running
 
 from .conftest import cli_command, free_port
 from .helpers import (

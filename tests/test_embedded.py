@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from gamelist_service.embedded import EmbeddedRedis, find_redis_server, socket_path_for
-from gamelist_service.exceptions import EmbeddedRedisError, GamelistError
-from gamelist_service.instances import (
+from gamelist_service.errors import EmbeddedRedisError, GamelistError
+from gamelist_service.storage.embedded import EmbeddedRedis, find_redis_server, socket_path_for
+from gamelist_service.storage.instances import (
     INFOFILE,
     PIDFILE,
     Instance,

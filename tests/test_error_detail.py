@@ -11,10 +11,10 @@ import pytest
 import socketio
 from redis.asyncio import Redis
 
-from gamelist_service import routes
-from gamelist_service.exceptions import StoreError
-from gamelist_service.settings import AuthSettings, NamespaceSettings
-from gamelist_service.sockets import GameNamespace
+from gamelist_service.config.settings import AuthSettings, NamespaceSettings
+from gamelist_service.errors import StoreError
+from gamelist_service.web import routes
+from gamelist_service.web.sockets import GameNamespace
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, http_get, shipped_data, write_config
@@ -33,7 +33,7 @@ class BrokenService:
 
 async def test_an_unexpected_error_in_a_handler_gives_a_generic_ack(caplog: pytest.LogCaptureFixture) -> None:
     namespace = GameNamespace(NamespaceSettings('/', 'current'), BrokenService())  # type: ignore[arg-type]
-    with caplog.at_level(logging.ERROR, logger='gamelist_service.sockets'):
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.web.sockets'):
         reply = await namespace.trigger_event('main:screen', 'sid-1')
     assert reply == {'status': 'error', 'message': 'internal error'}
     assert DETAIL in caplog.text and 'Traceback' in caplog.text  # the operator still gets everything
@@ -44,7 +44,7 @@ async def test_an_unexpected_error_on_connect_refuses_with_a_generic_message(cap
     broken = NamespaceSettings('/', 'current', auth=AuthSettings('jwt'))
     namespace = GameNamespace(broken, BrokenService())  # type: ignore[arg-type]
     with (
-        caplog.at_level(logging.ERROR, logger='gamelist_service.sockets'),
+        caplog.at_level(logging.ERROR, logger='gamelist_service.web.sockets'),
         pytest.raises(socketio.exceptions.ConnectionRefusedError) as caught,
     ):
         await namespace.trigger_event('connect', 'sid-1', {}, {'token': 'x'})
@@ -55,7 +55,7 @@ async def test_an_unexpected_error_on_connect_refuses_with_a_generic_message(cap
 
 def test_an_unexpected_http_error_gives_a_generic_body(caplog: pytest.LogCaptureFixture) -> None:
     request: Any = SimpleNamespace(method='GET', path='/api/v1/gamelist')
-    with caplog.at_level(logging.ERROR, logger='gamelist_service.routes'):
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.web.routes'):
         response = routes.error_response(request, RuntimeError(DETAIL))
     assert response.status == 500
     assert response.body == b'{"status":"error","message":"internal error"}'
@@ -68,13 +68,13 @@ def test_an_unexpected_http_error_gives_a_generic_body(caplog: pytest.LogCapture
 def test_the_answer_after_an_ended_websocket_session_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
     # python-engineio's Sanic driver answers 200 after the session; the connection may be half-closed by then
     request: Any = SimpleNamespace(method='GET', path='/socket.io/', headers={'upgrade': 'websocket'})
-    with caplog.at_level(logging.DEBUG, logger='gamelist_service.routes'):
+    with caplog.at_level(logging.DEBUG, logger='gamelist_service.web.routes'):
         routes.error_response(request, RuntimeError('Cannot call write() after write_eof()'))
     assert [r.levelname for r in caplog.records] == ['DEBUG']
     assert 'no HTTP answer after its websocket session' in caplog.text
     caplog.clear()
     plain: Any = SimpleNamespace(method='GET', path='/socket.io/', headers={})  # not a websocket: an error as before
-    with caplog.at_level(logging.ERROR, logger='gamelist_service.routes'):
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.web.routes'):
         routes.error_response(plain, RuntimeError('Cannot call write() after write_eof()'))
     assert 'failed unexpectedly' in caplog.text
 

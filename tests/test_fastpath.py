@@ -18,8 +18,8 @@ import pytest
 import redis
 import socketio
 
-from gamelist_service import fastpath, rooms
-from gamelist_service.instances import running
+from gamelist_service.storage.instances import running
+from gamelist_service.transport import fastpath, rooms
 
 from .conftest import free_port
 from .helpers import CONTRACT_GAME, Recorder, Serve, shipped_data, wait_until, write_config
@@ -256,7 +256,7 @@ def test_a_missing_attribute_falls_back_to_the_plain_manager(
     from engineio.async_socket import AsyncSocket  # noqa: PLC0415 - the class the fast path depends on
 
     monkeypatch.delattr(AsyncSocket, '_websocket_handler')
-    with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
         manager = fastpath.create_manager(True)
     assert type(manager) is rooms.IndexedAsyncManager  # the plain emit, with its rooms still indexed
     assert 'broadcast fast path disabled' in caplog.text
@@ -267,7 +267,7 @@ def test_a_slot_gone_from_sanic_falls_back(monkeypatch: pytest.MonkeyPatch, capl
     from sanic.server.protocols.base_protocol import SanicProtocol  # noqa: PLC0415
 
     monkeypatch.setattr(SanicProtocol, '__slots__', ('transport', '_time'))
-    with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
         assert type(fastpath.create_manager(True)) is rooms.IndexedAsyncManager
     assert 'SanicProtocol._can_write' in caplog.text
 
@@ -278,7 +278,7 @@ def test_fast_broadcast_false_gives_the_plain_manager() -> None:
 
 def test_another_websocket_driver_disables_the_fast_path(caplog: pytest.LogCaptureFixture) -> None:
     sio = socketio.AsyncServer(async_mode='asgi', client_manager=fastpath.create_manager(True))
-    with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
         fastpath.install(sio)
     assert not sio.manager.enabled
     assert "engineio's websocket driver" in caplog.text
@@ -302,7 +302,7 @@ async def test_an_attribute_gone_at_run_time_disables_it_and_the_client_still_ge
     sock = SimpleNamespace(closed=False, closing=False, upgraded=True, upgrading=False, last_ping=None)
     setattr(sock, fastpath.SANIC_WS_ATTR, SimpleNamespace())
     sio.eio.sockets['eio-1'] = sock
-    with caplog.at_level(logging.WARNING, 'gamelist_service.fastpath'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
         await sio.emit('game_list:updated', {'name': 'é'}, namespace='/')
     assert sent == [('eio-1', '42["game_list:updated",{"name":"\\u00e9"}]')]
     assert not manager.enabled

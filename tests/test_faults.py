@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gamelist_service.exceptions import StoreError
-from gamelist_service.instances import running
-from gamelist_service.updater import GameListUpdater
+from gamelist_service.errors import StoreError
+from gamelist_service.producers.updater import GameListUpdater
+from gamelist_service.storage.instances import running
 
 from .conftest import RedisServer, cli_command, free_port
 from .helpers import (

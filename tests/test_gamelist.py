@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from gamelist_service import gamelist
-from gamelist_service.gamelist import (
+from gamelist_service.config.settings import GameTemplate, PlayerCounts, Status
+from gamelist_service.core import lists
+from gamelist_service.core.lists import (
     MAIN_SCREEN_MESSAGE,
     UPDATED_MESSAGE,
     build_list,
@@ -21,7 +22,6 @@ from gamelist_service.gamelist import (
     player_counts,
     utc_now_iso,
 )
-from gamelist_service.settings import GameTemplate, PlayerCounts, Status
 
 ISO_Z = re.compile(r'^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$')
 GAME_FIELDS = {
@@ -230,7 +230,7 @@ def test_utc_now_iso_writes_what_the_prototype_wrote(monkeypatch: pytest.MonkeyP
         def now(cls, tz: Any = None) -> Frozen:
             return cls.fromtimestamp(moment.timestamp(), tz)
 
-    monkeypatch.setattr(gamelist, 'datetime', Frozen)
+    monkeypatch.setattr(lists, 'datetime', Frozen)
     assert utc_now_iso() == moment.strftime('%Y-%m-%dT%H:%M:%S.%fZ')
 
 

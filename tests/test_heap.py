@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gamelist_service import heap
+from gamelist_service.transport import heap
 
 
 class Clock:
@@ -59,7 +59,7 @@ def test_a_full_collection_when_connections_close_or_after_a_while(
     policy = heap.HeapPolicy(clock=clock)
     assert policy.step(1000, 0) == 'freeze'
     assert policy.step(1000, 249) is None  # fewer than a quarter of those open have closed
-    with caplog.at_level(logging.INFO, 'gamelist_service.heap'):
+    with caplog.at_level(logging.INFO, 'gamelist_service.transport.heap'):
         assert policy.step(800, 250) == 'full'
     assert 'full garbage collection with 800 connections open' in caplog.text
     assert gc.get_freeze_count() > 0  # frozen again after it

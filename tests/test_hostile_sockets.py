@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gamelist_service.sockets import NOT_A_PRODUCER
+from gamelist_service.web.sockets import NOT_A_PRODUCER
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config

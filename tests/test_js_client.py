@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from gamelist_service.instances import running
+from gamelist_service.storage.instances import running
 
 from .conftest import free_port
 from .helpers import ROOT, Serve, shipped_data, write_config

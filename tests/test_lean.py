@@ -26,7 +26,7 @@ import pytest
 import socketio
 from engineio.async_socket import AsyncSocket
 
-from gamelist_service import fastpath, lean, wsframe
+from gamelist_service.transport import fastpath, lean, wsframe
 
 from .helpers import Recorder, Serve, async_wait_until, wait_until
 from .test_fastpath import NAMESPACES, RawClient, fast_and_plain, fixed_list, redis_of, start_serve
@@ -264,7 +264,7 @@ def test_a_missing_part_leaves_python_engineios_handler(
     monkeypatch.delattr(AsyncSocket, '_send_ping')
     manager = fastpath.FastAsyncManager()
     manager.installed = True  # as fastpath.install leaves it
-    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.lean'):
         assert lean.install(SimpleNamespace(), manager) is None
     assert manager.lean_hub is None
     assert 'AsyncSocket._send_ping' in caplog.text
@@ -289,7 +289,7 @@ async def test_a_client_that_stops_reading_is_disconnected(caplog: pytest.LogCap
     transport = FakeTransport()
     hub: Any = SimpleNamespace(eio=SimpleNamespace(max_http_buffer_size=1000))
     conn = lean.LeanConnection(SimpleNamespace(sid='s1'), hub, transport)
-    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.lean'):
         conn.pause_writing()  # the transport's buffer passed SLOW_CLIENT_BYTES
         await asyncio.sleep(0)  # the abort comes on the next turn of the loop
     assert transport.aborted
@@ -319,7 +319,7 @@ def test_a_library_changed_at_run_time_leaves_the_drivers_handler(caplog: pytest
     hub = lean.Hub.__new__(lean.Hub)  # only what takeover reads
     hub.enabled = True
     request = SimpleNamespace(transport=SimpleNamespace(is_closing=lambda: False))  # no headers any more
-    with caplog.at_level(logging.WARNING, 'gamelist_service.lean'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.lean'):
         assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
         assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
     assert hub.enabled is False

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import socketio
 
-from gamelist_service.config import load_settings
-from gamelist_service.limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, ConnectionLimiter, TokenBucket, client_ip
-from gamelist_service.settings import LimitSettings
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.settings import LimitSettings
+from gamelist_service.web.limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, ConnectionLimiter, TokenBucket, client_ip
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, async_wait_until, shipped_data, write_config
@@ -199,7 +199,7 @@ def test_an_address_holding_twice_its_cap_is_refused_at_the_handshake(served: Se
 
 
 def test_a_reload_applies_limits_and_auth_live_but_not_trust_forwarded_for(tmp_path: Any) -> None:
-    from gamelist_service.reload import merge, restart_only_changes  # noqa: PLC0415
+    from gamelist_service.config.reload import merge, restart_only_changes  # noqa: PLC0415
 
     data = shipped_data()
     old = load_settings(write_config(tmp_path / 'old.yaml', data), {})

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gamelist_service.listcache import ListCache
-from gamelist_service.settings import ListSettings
+from gamelist_service.config.settings import ListSettings
+from gamelist_service.core.listcache import ListCache
 
 LIST = ListSettings(name='current', key='gamelist:current', ttl_s=300.0, games=(), event='e', namespaces=('/',))
 

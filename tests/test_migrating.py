@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import yaml
 
-from gamelist_service.embedded import find_redis_server
+from gamelist_service.storage.embedded import find_redis_server
 
 from .conftest import RedisServer, free_port
 from .helpers import ROOT, SHIPPED_CONFIG, Recorder, Serve, async_wait_until, http_get, wait_until, write_config

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import socketio
 
-from gamelist_service.origins import OriginPolicy
+from gamelist_service.web.origins import OriginPolicy
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, shipped_data, write_config
@@ -34,7 +34,7 @@ def test_the_origin_a_request_was_sent_to_is_accepted() -> None:
 
 def test_other_origins_are_refused_with_one_warning_per_origin(caplog: pytest.LogCaptureFixture) -> None:
     policy = OriginPolicy(SHIPPED)
-    with caplog.at_level(logging.WARNING, 'gamelist_service.origins'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.web.origins'):
         for _ in range(5):
             assert not policy('http://evil.example', environ('127.0.0.1:29012'))
         assert not policy('http://127.0.0.1:29012', environ('127.0.0.1:29013'))  # another port is another origin
@@ -92,8 +92,8 @@ async def test_a_client_from_another_origin_is_refused(served: Serve, headers: d
 
 def test_reload_keeps_the_policy(tmp_path: Path) -> None:
     """cors_allowed_origins is a restart-only setting: a reload says so, the policy in force stays."""
-    from gamelist_service.config import load_settings  # noqa: PLC0415
-    from gamelist_service.reload import restart_only_changes  # noqa: PLC0415
+    from gamelist_service.config.loader import load_settings  # noqa: PLC0415
+    from gamelist_service.config.reload import restart_only_changes  # noqa: PLC0415
 
     data = shipped_data()
     old = load_settings(write_config(tmp_path / 'a.yaml', data), {})

@@ -19,8 +19,8 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from gamelist_service.instances import running
-from gamelist_service.page import STATIC_DIR
+from gamelist_service.storage.instances import running
+from gamelist_service.web.page import STATIC_DIR
 
 from .conftest import cli_command, free_port
 from .helpers import Serve, http_get, shipped_data, write_config

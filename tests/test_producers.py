@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from gamelist_service import GameListUpdater
-from gamelist_service.config import load_settings
-from gamelist_service.exceptions import ConfigError, StoreError
-from gamelist_service.games import GameListInvalid
-from gamelist_service.sockets import NOT_A_PRODUCER
+from gamelist_service.config.loader import load_settings
+from gamelist_service.errors import ConfigError, StoreError
+from gamelist_service.producers.validation import GameListInvalid
+from gamelist_service.web.sockets import NOT_A_PRODUCER
 
 from .conftest import cli_command, free_port
 from .helpers import CONTRACT_GAME, Recorder, Serve, async_wait_until, shipped_data, wait_until, write_config

@@ -13,9 +13,9 @@ import redis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from gamelist_service.embedded import find_redis_server
 from gamelist_service.logs import redact
-from gamelist_service.store import SentinelUrl, Store, connect, parse_sentinel_url, redact_url
+from gamelist_service.storage.embedded import find_redis_server
+from gamelist_service.storage.store import SentinelUrl, Store, connect, parse_sentinel_url, redact_url
 
 from .conftest import RedisServer, cli_command, free_port, wait_for_ping
 from .helpers import Recorder, Serve, answers, shipped_data, wait_until, write_config

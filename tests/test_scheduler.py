@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gamelist_service.scheduler import Clock, Scheduler, SystemClock
-from gamelist_service.settings import ScheduleSettings
+from gamelist_service.config.settings import ScheduleSettings
+from gamelist_service.core.scheduler import Clock, Scheduler, SystemClock
 
 WAIT_S = 5.0  # real seconds a fake-time test may take at most; every run is bounded by max_runs too
 START_WALL = datetime(2026, 1, 1, 0, 1, 30, tzinfo=UTC).timestamp()
@@ -144,7 +144,7 @@ async def test_failing_run_is_logged_and_the_next_run_happens(caplog: pytest.Log
 
     scheduler = Scheduler(run, clock=clock)
     schedule = ScheduleSettings('flaky', 'current', interval_s=2.0, max_runs=3)
-    with caplog.at_level(logging.ERROR, logger='gamelist_service.scheduler'):
+    with caplog.at_level(logging.ERROR, logger='gamelist_service.core.scheduler'):
         await _run_to_end(scheduler, schedule)
 
     assert times == [0.0, 2.0, 4.0]
@@ -152,7 +152,7 @@ async def test_failing_run_is_logged_and_the_next_run_happens(caplog: pytest.Log
     assert state.runs == 3
     assert state.failures == 1
     assert state.last_error is None  # cleared by the runs that succeeded
-    errors = [r for r in caplog.records if r.name == 'gamelist_service.scheduler' and r.levelno == logging.ERROR]
+    errors = [r for r in caplog.records if r.name == 'gamelist_service.core.scheduler' and r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert 'flaky' in errors[0].getMessage()
     assert 'RuntimeError: redis went away' in errors[0].getMessage()

@@ -17,9 +17,10 @@ from socketio import packet as sio_packet
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
-from gamelist_service import fastpath, gamelist, screenpath
-from gamelist_service.gamelist import utc_now_iso
-from gamelist_service.sockets import GameNamespace
+from gamelist_service.core import lists
+from gamelist_service.core.lists import utc_now_iso
+from gamelist_service.transport import fastpath, screen
+from gamelist_service.web.sockets import GameNamespace
 
 from .helpers import Serve, wait_until
 from .test_fastpath import RawClient, fast_and_plain, fixed_list, redis_of, start_serve
@@ -172,11 +173,11 @@ def fake_service(data: dict[str, Any] | None) -> Any:
 def test_encode_gives_what_python_socketio_sends(
     monkeypatch: pytest.MonkeyPatch, namespace: str, ack_id: str | None
 ) -> None:
-    for module in (gamelist, screenpath):  # the envelope's timestamp, and the one the direct answer splices in
+    for module in (lists, screen):  # the envelope's timestamp, and the one the direct answer splices in
         monkeypatch.setattr(module, 'utc_now_iso', lambda: '2026-11-26T00:00:00.000000Z')
     data = fixed_list(3) | {'note': 'Покер ♠ 🎲 "quoted" \\ \x00'}
-    responder = screenpath.ScreenResponder(None, fake_service(data), None, GameNamespace)  # type: ignore[arg-type]
-    reply = gamelist.envelope(data, 'main:screen', gamelist.MAIN_SCREEN_MESSAGE)
+    responder = screen.ScreenResponder(None, fake_service(data), None, GameNamespace)  # type: ignore[arg-type]
+    reply = lists.envelope(data, 'main:screen', lists.MAIN_SCREEN_MESSAGE)
     if ack_id is not None:
         pkt = sio_packet.Packet(sio_packet.ACK, namespace=namespace, id=int(ack_id), data=[reply])
     else:
@@ -187,14 +188,14 @@ def test_encode_gives_what_python_socketio_sends(
 
 
 def test_the_request_pattern() -> None:
-    match = screenpath.REQUEST.fullmatch
+    match = screen.REQUEST.fullmatch
     assert match('42["main:screen"]') and match('4207["main:screen"]') and match('42/gameplay,3["main:screen"]')
     for other in ('42["main:screen",{}]', '42/g?x=1,3["main:screen"]', '43["main:screen"]', '42["device:info"]'):
         assert match(other) is None
 
 
 def test_check_passes_with_the_pinned_libraries() -> None:
-    assert screenpath.check() == []
+    assert screen.check() == []
 
 
 def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
@@ -203,8 +204,8 @@ def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
     monkeypatch.delattr(Protocol, 'events_received')  # ServerProtocol's, inherited
     sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
     fastpath.install(sio)
-    with caplog.at_level(logging.WARNING, 'gamelist_service.screenpath'):
-        assert screenpath.install(sio, fake_service(None), GameNamespace) is None
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.screen'):
+        assert screen.install(sio, fake_service(None), GameNamespace) is None
     assert 'ServerProtocol.events_received' in caplog.text
     assert sio.manager.on_websocket == []
 
@@ -212,18 +213,18 @@ def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
 def test_not_installed_without_the_fast_broadcast_manager() -> None:
     sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(False))
     fastpath.install(sio)
-    assert screenpath.install(sio, fake_service(None), GameNamespace) is None
+    assert screen.install(sio, fake_service(None), GameNamespace) is None
 
 
 async def sent(ws: Any) -> None:
-    task: asyncio.Task[None] = getattr(ws, screenpath.TASK_ATTR)
+    task: asyncio.Task[None] = getattr(ws, screen.TASK_ATTR)
     await task
 
 
 async def test_an_error_at_run_time_disables_it_and_the_frames_go_on(caplog: pytest.LogCaptureFixture) -> None:
     sio = SimpleNamespace(namespace_handlers=None)  # .get raises AttributeError, as a renamed attribute would
     manager = SimpleNamespace(enabled=True, _pending={})
-    responder = screenpath.ScreenResponder(sio, fake_service(fixed_list(1)), manager, GameNamespace)  # type: ignore[arg-type]
+    responder = screen.ScreenResponder(sio, fake_service(fixed_list(1)), manager, GameNamespace)  # type: ignore[arg-type]
     proto = Protocol(Side.SERVER, state=State.OPEN)  # past the handshake, as Sanic's is by then
     passed: list[list[Any]] = []
 
@@ -232,7 +233,7 @@ async def test_an_error_at_run_time_disables_it_and_the_frames_go_on(caplog: pyt
 
     ws = SimpleNamespace(ws_proto=proto, async_data_received=async_data_received)
     responder.attach(SimpleNamespace(sid='eio-1'), ws)
-    with caplog.at_level(logging.WARNING, 'gamelist_service.screenpath'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.screen'):
         ws.data_received(masked('421["main:screen"]'))
         await sent(ws)
     assert not responder.enabled

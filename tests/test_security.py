@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 import socketio
 
-from gamelist_service import lean, protocol, wsframe
-from gamelist_service.config import load_settings
-from gamelist_service.exceptions import ConfigError
-from gamelist_service.limits import ConnectionLimiter, address_key
-from gamelist_service.settings import LimitSettings
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.settings import LimitSettings
+from gamelist_service.errors import ConfigError
+from gamelist_service.transport import guards, lean, wsframe
+from gamelist_service.web.limits import ConnectionLimiter, address_key
 
 from .conftest import free_port
 from .helpers import (
@@ -203,11 +203,11 @@ NESTED = '42["x",' + '[' * 1000 + ']' * 1000 + ']'
 
 
 def test_json_depth_is_bounded_before_parsing() -> None:
-    assert protocol.json_depth_ok('["main:screen",{"a":[1,2,{"b":[]}]}]')
-    assert protocol.json_depth_ok('["x","' + '[' * 1000 + '"]')  # brackets in a string are text
-    assert protocol.json_depth_ok('[' * 32 + ']' * 32)
-    assert not protocol.json_depth_ok('[' * 33 + ']' * 33)
-    assert not protocol.json_depth_ok(NESTED[1:])
+    assert guards.json_depth_ok('["main:screen",{"a":[1,2,{"b":[]}]}]')
+    assert guards.json_depth_ok('["x","' + '[' * 1000 + '"]')  # brackets in a string are text
+    assert guards.json_depth_ok('[' * 32 + ']' * 32)
+    assert not guards.json_depth_ok('[' * 33 + ']' * 33)
+    assert not guards.json_depth_ok(NESTED[1:])
 
 
 async def test_nested_json_on_a_websocket_closes_it_with_one_log_line(served: Serve) -> None:
@@ -217,7 +217,7 @@ async def test_nested_json_on_a_websocket_closes_it_with_one_log_line(served: Se
         await client.open(('/',))
         client.send_raw(b''.join(masked(0x1, NESTED.encode()) for _ in range(100)))
         assert await async_wait_until(client.ended, timeout_s=5)
-        assert client.close_code() == protocol.PROTOCOL_ERROR
+        assert client.close_code() == guards.PROTOCOL_ERROR
     finally:
         await client.close()
     assert wait_until(lambda: 'dropping connection' in served.log()[before:])
@@ -388,7 +388,7 @@ async def test_a_flood_in_one_write_is_counted_before_any_task_and_reading_pause
     """10,000 events in one read: at most MAX_IN_FLIGHT tasks at a time, reading paused meanwhile, and exactly
     `burst` events reach the normal path; the rest are refused on arrival (error mode: no ack was asked for)."""
     limits = LimitSettings(events_per_second=0.001, burst=100, over_limit='error')
-    gate = protocol.Gate(ConnectionLimiter(lambda: limits))
+    gate = guards.Gate(ConnectionLimiter(lambda: limits))
     received: list[Any] = []
     release = asyncio.Event()
 

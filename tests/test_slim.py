@@ -12,7 +12,7 @@ import pytest
 import socketio
 from sanic.server.websockets.frame import WebsocketFrameAssembler
 
-from gamelist_service import fastpath, slim
+from gamelist_service.transport import fastpath, slim
 
 
 async def test_the_small_queue_behaves_as_an_asyncio_queue() -> None:
@@ -74,7 +74,7 @@ def test_trim_leaves_an_event_with_a_waiter_and_a_request_body_alone() -> None:
 
 def test_a_connection_without_what_it_expects_switches_it_off(caplog: pytest.LogCaptureFixture) -> None:
     trimmer = slim.Trimmer({})
-    with caplog.at_level(logging.WARNING, 'gamelist_service.slim'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.slim'):
         trimmer.trim(SimpleNamespace(sid='x'), SimpleNamespace())  # no assembler: a library renamed it
         trimmer.trim(SimpleNamespace(sid='x'), SimpleNamespace())
     assert not trimmer.enabled
@@ -97,7 +97,7 @@ def test_install_does_nothing_when_check_fails(
     monkeypatch.setattr(slim, 'check', lambda: ['asyncio.Queue._getters'])
     sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
     fastpath.install(sio)
-    with caplog.at_level(logging.WARNING, 'gamelist_service.slim'):
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.slim'):
         assert slim.install(sio, sio.manager) is None
     assert 'per-connection trimming off: this environment lacks asyncio.Queue._getters' in caplog.text
     assert sio.manager.on_websocket == [] and not isinstance(sio.eio.create_queue(), slim.SmallQueue)

@@ -15,9 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gamelist_service.exceptions import GamelistError, StoreError
-from gamelist_service.service import GamelistService
-from gamelist_service.settings import (
+from gamelist_service.config.settings import (
     GameTemplate,
     ListSettings,
     NamespaceSettings,
@@ -26,7 +24,9 @@ from gamelist_service.settings import (
     ServerSettings,
     Settings,
 )
-from gamelist_service.store import (
+from gamelist_service.core.service import GamelistService
+from gamelist_service.errors import GamelistError, StoreError
+from gamelist_service.storage.store import (
     CURRENT_LIST_KEY,
     UPDATES_CHANNEL,
     VERSION_KEY_SUFFIX,

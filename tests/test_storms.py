@@ -19,11 +19,12 @@ import socketio
 from bidict import bidict
 from socketio import base_manager
 
-from gamelist_service import rooms, server
-from gamelist_service.service import GamelistService
-from gamelist_service.settings import LimitSettings
-from gamelist_service.sockets import ClientSummary, GamelistServer, GameNamespace
-from gamelist_service.store import Store
+from gamelist_service.config.settings import LimitSettings
+from gamelist_service.core.service import GamelistService
+from gamelist_service.storage.store import Store
+from gamelist_service.transport import rooms
+from gamelist_service.web import server
+from gamelist_service.web.sockets import ClientSummary, GamelistServer, GameNamespace
 
 from .conftest import free_port
 from .helpers import Serve, async_wait_until, shipped_data, wait_until, write_config
@@ -115,7 +116,7 @@ def test_rooms_entered_besides_a_clients_own_are_left_on_disconnect() -> None:
 
 async def test_churn_leaves_no_bookkeeping_behind(redis_url: str, tmp_path: Path) -> None:
     """Clients connect to both namespaces and leave, in rounds, through python-socketio's own handlers."""
-    from gamelist_service.config import load_settings  # noqa: PLC0415
+    from gamelist_service.config.loader import load_settings  # noqa: PLC0415
 
     settings = load_settings(write_config(tmp_path / 'games.yaml', shipped_data()), {})
     store = Store(redis_url)
@@ -256,7 +257,7 @@ async def test_a_reconnect_storm_with_since_reads_redis_once(cold: Serve) -> Non
 
 
 async def test_concurrent_reads_of_a_list_not_in_memory_share_one_get(redis_url: str, tmp_path: Path) -> None:
-    from gamelist_service.config import load_settings  # noqa: PLC0415
+    from gamelist_service.config.loader import load_settings  # noqa: PLC0415
 
     settings = load_settings(write_config(tmp_path / 'games.yaml', shipped_data()), {})
     store = Store(redis_url)

@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from gamelist_service import GameListUpdater
-from gamelist_service.exceptions import GamelistError, PayloadError, StoreError
-from gamelist_service.games import GAME_FIELDS, GameListInvalid, validate_games
-from gamelist_service.settings import GameTemplate
-from gamelist_service.store import UPDATES_CHANNEL
+from gamelist_service.config.settings import GameTemplate
+from gamelist_service.errors import GamelistError, PayloadError, StoreError
+from gamelist_service.producers.validation import GAME_FIELDS, GameListInvalid, validate_games
+from gamelist_service.storage.store import UPDATES_CHANNEL
 
 from .conftest import free_port
 from .helpers import Recorder, Serve, shipped_data, wait_until, write_config

@@ -1,4 +1,4 @@
-"""gamelist_service.wsframe checked against websockets, the reference implementation: every server frame it writes
+"""gamelist_service.transport.wsframe checked against websockets, the reference implementation: every server frame it writes
 (data, control and close frames, at each length-encoding boundary) is byte for byte what websockets writes, and every
 masked client frame websockets writes is parsed back to the same opcode and payload, whether the bytes arrive in one
 feed, byte by byte or split anywhere, with fragmented messages reassembled around interleaved control frames. Each
@@ -22,8 +22,8 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.utils import apply_mask as ws_apply_mask
 
-from gamelist_service import wsframe
-from gamelist_service.wsframe import (
+from gamelist_service.transport import wsframe
+from gamelist_service.transport.wsframe import (
     BINARY,
     CLOSE,
     CONTINUATION,

@@ -1,0 +1,1 @@
+"""Configuration: YAML with positions, the JSON Schema, validation, the typed settings, reload."""

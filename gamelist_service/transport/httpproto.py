@@ -1,0 +1,132 @@
+"""Sanic's connection protocol with two guards: open sockets per client address, and a deadline for a request head.
+
+- Every socket counts against its address (limits.ConnectionLimiter.socket_opened): an address holding twice
+  limits.max_connections_per_ip sockets has its next one closed at once, before any byte is read. A socket a lean
+  websocket takes over (lean.py) is released by that connection when it closes. Behind a trusted proxy
+  (server.trust_forwarded_for) every socket comes from the proxy, so sockets are not counted there.
+- The whole head of a request must arrive within server.handshake_timeout of its first byte. Sanic's own request
+  timeout restarts with every chunk received, so a client trickling a header line every few seconds (slowloris) was
+  never closed; here the clock starts at the request's first byte and is not reset.
+
+Sanic takes the class through app.run(protocol=...). It relies on Sanic's HttpProtocol (its _http.stage, _task and
+check_timeouts); check() verifies them at start, and serve uses Sanic's own class, logged, when one is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sanic.exceptions import RequestTimeout
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+
+from ..logs import RateLimitedLog
+
+logger = logging.getLogger('gamelist_service.transport.httpproto')
+
+try:
+    from sanic.http.constants import Stage
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - only with other library versions
+    _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
+
+_refusals = RateLimitedLog(logger, interval_s=10.0)
+
+
+def check() -> list[str]:
+    """What the guards need of Sanic and this environment lacks; empty when they can run."""
+    if _IMPORT_ERROR is not None:
+        return [_IMPORT_ERROR]
+    missing = [
+        f'sanic HttpProtocol.{name}'
+        for name in ('_http', '_task', 'transport', 'connections')
+        if name not in {slot for klass in WebSocketProtocol.__mro__ for slot in getattr(klass, '__slots__', ())}
+    ]
+    for name in ('check_timeouts', 'connection_made', 'connection_lost', 'data_received'):
+        if not callable(getattr(WebSocketProtocol, name, None)):
+            missing.append(f'sanic WebSocketProtocol.{name}')
+    for name in ('IDLE', 'REQUEST'):
+        if not hasattr(Stage, name):
+            missing.append(f'sanic Stage.{name}')
+    return missing
+
+
+class GuardedHttpProtocol(WebSocketProtocol):
+    """Sanic's protocol, counting sockets per address and bounding the time a request head may take."""
+
+    __slots__ = ('counted_ip', 'head_started', 'refused')
+
+    def connection_made(self, transport: Any) -> None:
+        self.counted_ip: str | None = None
+        self.head_started: float | None = None
+        self.refused = False
+        ctx = self.app.ctx
+        sio = getattr(ctx, 'sio', None)
+        limiter = getattr(sio, 'limiter', None)
+        if limiter is not None and not limiter.trust_forwarded_for:
+            peer = transport.get_extra_info('peername')
+            ip = peer[0] if isinstance(peer, tuple) and peer else None
+            if isinstance(ip, str):
+                if not limiter.socket_opened(ip):
+                    _refusals.warning(
+                        ip,
+                        'closing a new socket from %s: it holds twice limits.max_connections_per_ip sockets already',
+                        ip,
+                    )
+                    self.refused = True  # never set up: Sanic's connection_lost has nothing to undo
+                    transport.abort()
+                    return
+                self.counted_ip = ip
+        super().connection_made(transport)  # type: ignore[no-untyped-call]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        if not self.refused:
+            super().connection_lost(exc)  # type: ignore[no-untyped-call]
+
+    def _release(self) -> None:
+        ip = self.counted_ip
+        if ip is not None:
+            self.counted_ip = None
+            sio = getattr(self.app.ctx, 'sio', None)
+            limiter = getattr(sio, 'limiter', None)
+            if limiter is not None:
+                limiter.socket_closed(ip)
+
+    def data_received(self, data: bytes) -> None:
+        http = getattr(self, '_http', None)
+        if http is not None and http.stage is Stage.IDLE:
+            self.head_started = time.monotonic()  # the first bytes of a request: its head's clock starts
+        super().data_received(data)  # type: ignore[no-untyped-call]
+
+    def check_timeouts(self) -> None:
+        http = getattr(self, '_http', None)
+        task = getattr(self, '_task', None)
+        if task is not None and http is not None and http.stage is Stage.REQUEST:
+            now = time.monotonic()
+            started = self.head_started
+            if started is None:
+                self.head_started = now  # a pipelined request, already in the buffer
+            elif now - started > self.app.ctx.settings.server.handshake_timeout_s:
+                peer = self.transport.get_extra_info('peername') if self.transport is not None else None
+                _refusals.info(
+                    'slow',
+                    'closing a connection from %s: its request head took over server.handshake_timeout (%gs)',
+                    peer[0] if isinstance(peer, tuple) and peer else '?',
+                    self.app.ctx.settings.server.handshake_timeout_s,
+                )
+                http.exception = RequestTimeout('Request Timeout')
+                task.cancel()
+                return
+        super().check_timeouts()  # type: ignore[no-untyped-call]
+
+
+def protocol_class() -> type[Any]:
+    """The protocol serve runs: the guarded one when check() passes, else Sanic's own (logged)."""
+    missing = check()
+    if missing:
+        logger.warning('socket and request-head guards off, Sanic runs connections as shipped: missing %s', missing)
+        return WebSocketProtocol
+    return GuardedHttpProtocol

@@ -1,0 +1,173 @@
+"""serve: claim the instance directory, start the embedded Redis if asked, run Sanic, then undo it all in order."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from sanic import Sanic
+from sanic.worker.loader import AppLoader
+
+from ..config.reload import Launch
+from ..errors import EmbeddedRedisError
+from ..logs import setup_logging
+from ..storage import instances
+from ..storage.embedded import EmbeddedRedis, Supervisor
+from ..transport import httpproto
+
+if TYPE_CHECKING:
+    from .app import App
+
+logger = logging.getLogger('gamelist_service.web.server')
+
+METRICS_DIR_ENV = 'PROMETHEUS_MULTIPROC_DIR'
+SOMAXCONN = Path('/proc/sys/net/core/somaxconn')
+_WORKER_ENV = 'GAMELIST_WORKER_LAUNCH'  # how worker processes learn what the main process resolved
+
+
+def serve(launch: Launch) -> int:
+    """Run until SIGINT or SIGTERM; returns the exit code."""
+    # SIGHUP's default action is to exit: until the service can reload, an early `systemctl reload` is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    settings = launch.load()
+    server = settings.server
+    directory = instances.claim(settings.redis.state_dir, server.port, settings.source)
+    embedded: EmbeddedRedis | None = None
+    supervisor: Supervisor | None = None
+    metrics_server: Any = None
+    try:
+        if settings.redis.embedded:
+            embedded = EmbeddedRedis(
+                directory,
+                persistence=settings.redis.persistence,
+                maxmemory=settings.redis.maxmemory,
+                maxmemory_policy=settings.redis.maxmemory_policy,
+            )
+            redis_url = embedded.start()
+            # if it dies it is restarted on the same socket; if it keeps dying, serve stops (SIGTERM to itself)
+            supervisor = Supervisor(embedded, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM))
+            supervisor.start()
+        else:
+            redis_url = settings.redis.url
+        instances.publish(directory, server.port, settings.source, redis_url)
+        _prepare_metrics_dir(directory / 'metrics')
+        # after the metrics directory is set: prometheus-client reads it on import
+        from .. import metrics  # noqa: PLC0415
+        from .app import create_app  # noqa: PLC0415
+
+        run_kwargs: dict[str, Any] = {
+            'host': server.host,
+            'port': server.port,
+            'motd': False,
+            'access_log': False,
+            'auto_reload': False,
+            'debug': False,
+            'backlog': listen_backlog(server.backlog),
+            'protocol': httpproto.protocol_class(),
+        }
+        if server.metrics_listen is not None:
+            metrics_server = metrics.serve_on(*server.metrics_listen)
+            logger.info('metrics on http://%s:%d/metrics', *server.metrics_listen)
+        if launch.workers == 1:
+            app = create_app(settings, redis_url, launch=launch)
+            app.run(single_process=True, **run_kwargs)
+        else:
+            _serve_workers(launch, redis_url, run_kwargs)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if supervisor is not None:
+            supervisor.stop()
+        if embedded is not None:
+            embedded.stop()
+        instances.release(directory)
+    if supervisor is not None and supervisor.failure:
+        raise EmbeddedRedisError(supervisor.failure)
+    return 0
+
+
+def listen_backlog(wanted: int, somaxconn_path: Path = SOMAXCONN) -> int:
+    """The backlog to ask for; says so (once, at start) when the kernel will cap it at net.core.somaxconn."""
+    try:
+        cap = int(somaxconn_path.read_text().strip())
+    except (OSError, ValueError):
+        return wanted
+    if cap < wanted:
+        logger.warning(
+            'server.backlog is %d but the kernel caps it at net.core.somaxconn = %d: a storm of more connects than '
+            'that at once waits for SYN retries (raise it with: sysctl -w net.core.somaxconn=%d)',
+            wanted,
+            cap,
+            wanted,
+        )
+    return wanted
+
+
+def _prepare_metrics_dir(directory: Path) -> None:
+    """Every process of this instance writes its metrics here (prometheus-client's multiprocess mode)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[METRICS_DIR_ENV] = str(directory)
+
+
+def _serve_workers(launch: Launch, redis_url: str, run_kwargs: dict[str, Any]) -> None:
+    """N Sanic worker processes; this main process forwards SIGHUP to them, each reloads itself."""
+    os.environ[_WORKER_ENV] = json.dumps(
+        {
+            'config': str(launch.config),
+            'env': dict(launch.env),
+            'host': launch.host,
+            'workers': launch.workers,
+            'verbose': launch.verbose,
+            'log_format': launch.log_format,
+            'redis_url': redis_url,
+        }
+    )
+    logger.info('starting %d worker processes', launch.workers)
+    loader = AppLoader(factory=worker_app)
+    app = loader.load()
+
+    @app.main_process_ready
+    async def forward_sighup(app: App, _: Any) -> None:
+        def forward(signum: int, frame: FrameType | None) -> None:
+            pids = [process.pid for process in app.manager.processes if process.name.startswith('Sanic-Server')]
+            logger.info('SIGHUP: asking %d workers to reload', len(pids))
+            for pid in pids:
+                if pid:
+                    os.kill(pid, signal.SIGHUP)
+
+        signal.signal(signal.SIGHUP, forward)
+
+    app.prepare(workers=launch.workers, **run_kwargs)
+    try:
+        Sanic.serve(primary=app, app_loader=loader)
+    except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
+        # Ctrl-C in a terminal reaches the whole process group, Sanic's state-sharing process included, which may
+        # exit before the main process has finished stopping the workers; the workers have stopped by then.
+        logger.info('worker manager gone while stopping (%s); workers stopped', type(exc).__name__)
+
+
+def _die_with_parent() -> None:
+    """A worker whose main process is killed (even with -9) stops too, instead of serving on alone (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def worker_app() -> App:
+    """Factory Sanic calls in every worker process (and once in the main one)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop takes it over (a reload, not an exit)
+    _die_with_parent()
+    raw = json.loads(os.environ[_WORKER_ENV])
+    launch = Launch(Path(raw['config']), raw['env'], raw['host'], raw['workers'], raw['verbose'], raw['log_format'])
+    setup_logging(launch.verbose, launch.log_format)
+    from .app import create_app  # noqa: PLC0415 - see serve()
+
+    return create_app(launch.load(), raw['redis_url'], launch=launch)
