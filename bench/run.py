@@ -142,7 +142,7 @@ def start_server(spec: ServerSpec, port: int, redis_url: str, workdir: Path) -> 
         cmd = ['node', str(NODE_DIR / 'ref_server.js'), '--port', str(port), '--redis', redis_url]
     else:
         config = yaml.safe_load((ROOT / 'config' / 'games.yaml').read_text())
-        config['server'].update(transports=['websocket'], fast_broadcast=spec.fast)
+        config['server'].update(transports=['websocket'], fast_path=spec.fast)
         config['redis']['url'] = redis_url
         config['schedules'] = []  # the runner writes and publishes every list
         # the request mode asks in a closed loop, far over the default 20 events/s per connection (Node has no limit)

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+# What a refused client reads (an error ack's message, a connect_error's): short, and free of internals.
+RATE_LIMITED = 'rate limit exceeded'
+TOO_MANY_CONNECTIONS = 'too many connections from your address'
+
+
+def error_body(message: str, **extra: Any) -> dict[str, Any]:
+    """Every error answer's body: an ack, an HTTP response, a main:screen envelope ({"status": "error", ...})."""
+    return {'status': 'error', 'message': message, **extra}
 
 
 class GamelistError(Exception):

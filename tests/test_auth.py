@@ -315,6 +315,7 @@ async def test_jwt_namespace_accepts_a_valid_token(served: Serve) -> None:
         await client.close()
 
 
+@pytest.mark.timeout(30)
 def test_the_live_page_sends_its_token(tmp_path: Path) -> None:
     """The page's token field: a wrong token shows the connect_error, the right one connects to /gameplay."""
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only this test drives a browser

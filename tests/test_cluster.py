@@ -194,6 +194,7 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
         assert serve.stop() == 0
 
 
+@pytest.mark.timeout(30)
 async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
@@ -224,6 +225,7 @@ async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
 # -- workers -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
 async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0].update(every='400ms', max_runs=6)
@@ -318,6 +320,7 @@ def tick_times(client: Recorder) -> list[float]:
     return [datetime.fromisoformat(s).timestamp() for s in stamps]
 
 
+@pytest.mark.timeout(30)
 async def test_three_instances_elect_one_leader_and_fail_over_without_a_double_tick(trio: list[Serve]) -> None:
     assert wait_until(lambda: len(leaders(trio)) == 1)
     clients = [await Recorder(serve.url).connect() for serve in trio]
@@ -349,6 +352,7 @@ async def test_three_instances_elect_one_leader_and_fail_over_without_a_double_t
             await client.close()
 
 
+@pytest.mark.timeout(30)
 async def test_a_paused_leader_cannot_write_after_losing_its_lease(trio: list[Serve], redis_client: Redis) -> None:
     assert wait_until(lambda: len(leaders(trio)) == 1)
     (leader,) = leaders(trio)

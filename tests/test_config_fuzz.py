@@ -255,6 +255,7 @@ def test_the_shipped_file_passes_the_same_checks(
 
 @FUZZ
 @given(text=broken_data())
+@pytest.mark.timeout(30)
 def test_broken_structures_are_reported_with_file_line_and_field(
     tmp_path: Path, running: Settings, capsys: pytest.CaptureFixture[str], text: str
 ) -> None:
@@ -263,6 +264,7 @@ def test_broken_structures_are_reported_with_file_line_and_field(
 
 @FUZZ
 @given(text=damaged_text())
+@pytest.mark.timeout(30)
 def test_damaged_yaml_is_reported_with_file_line_and_field(
     tmp_path: Path, running: Settings, capsys: pytest.CaptureFixture[str], text: str
 ) -> None:
@@ -305,6 +307,7 @@ def expanded_values(width: int, depth: int) -> int:
 
 @settings(FUZZ, max_examples=25)
 @given(width=st.integers(min_value=2, max_value=12), depth=st.integers(min_value=1, max_value=9))
+@pytest.mark.timeout(30)
 def test_alias_expansion_is_bounded(tmp_path: Path, width: int, depth: int) -> None:
     path = tmp_path / 'games.yaml'
     text = laughs(width, depth)

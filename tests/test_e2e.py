@@ -154,6 +154,7 @@ async def test_main_screen_without_ack_is_emitted_to_that_client_only(served: Se
         await other.close()
 
 
+@pytest.mark.timeout(30)
 async def test_main_screen_rebuilds_an_expired_list(tmp_path: Path) -> None:
     # the service answers main:screen from memory until the list's TTL runs out, so let a short TTL lapse
     data = shipped_data(admin=True)
@@ -400,6 +401,7 @@ def test_json_log_format(tmp_path: Path) -> None:
     assert all({'time', 'level', 'logger', 'message'} <= set(entry) for entry in lines)
 
 
+@pytest.mark.timeout(30)
 def test_two_instances_from_one_checkout_keep_apart(tmp_path: Path) -> None:
     config = write_config(tmp_path / 'games.yaml', shipped_data(admin=True))
     first = Serve(tmp_path, config, free_port()).start()

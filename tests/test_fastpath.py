@@ -18,8 +18,10 @@ import pytest
 import redis
 import socketio
 
+from gamelist_service import transport
 from gamelist_service.storage.instances import running
 from gamelist_service.transport import fastpath, rooms
+from gamelist_service.web.limits import ConnectionLimiter
 
 from .conftest import free_port
 from .helpers import CONTRACT_GAME, Recorder, Serve, shipped_data, wait_until, write_config
@@ -141,7 +143,7 @@ class RawClient:
 
 def start_serve(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
     data = shipped_data()
-    data['server']['fast_broadcast'] = fast
+    data['server']['fast_path'] = fast
     data['schedules'][0]['every'] = '1h'  # only the start-up run; the test publishes its own lists
     if limits:
         data['limits'] = limits
@@ -210,7 +212,7 @@ async def test_fast_path_frames_are_byte_identical_to_the_plain_path(serves: dic
     assert wait_until(lambda: re.search(r'[1-9]\d* frames to write directly', serves[True].log()) is not None)
     assert 'broadcast fast path on' in serves[True].log()
     assert 'frames to write directly' not in serves[False].log()
-    assert 'broadcast fast path off (server.fast_broadcast: false)' in serves[False].log()
+    assert 'fast path off (server.fast_path: false)' in serves[False].log()
 
 
 @pytest.mark.parametrize('transport', ['websocket', 'polling'])
@@ -247,7 +249,14 @@ async def test_python_socketio_clients_get_everything_with_the_fast_path(
 
 def test_check_passes_with_the_pinned_libraries() -> None:
     assert fastpath.check() == []
-    assert isinstance(fastpath.create_manager(True), fastpath.FastAsyncManager)
+    assert isinstance(server(fast=True).manager, fastpath.FastAsyncManager)
+
+
+def server(*, fast: bool) -> Any:
+    """The service's Socket.IO server as transport.create_server builds it (compat.check() decides)."""
+    return transport.create_server(
+        fast_path=fast, async_mode='asgi', logger=False, engineio_logger=False, limiter=ConnectionLimiter()
+    )
 
 
 def test_a_missing_attribute_falls_back_to_the_plain_manager(
@@ -256,28 +265,28 @@ def test_a_missing_attribute_falls_back_to_the_plain_manager(
     from engineio.async_socket import AsyncSocket  # noqa: PLC0415 - the class the fast path depends on
 
     monkeypatch.delattr(AsyncSocket, '_websocket_handler')
-    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
-        manager = fastpath.create_manager(True)
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.compat'):
+        manager = server(fast=True).manager
     assert type(manager) is rooms.IndexedAsyncManager  # the plain emit, with its rooms still indexed
-    assert 'broadcast fast path disabled' in caplog.text
-    assert 'engineio AsyncSocket._websocket_handler' in caplog.text
+    assert 'transport feature fastpath off' in caplog.text
+    assert 'engineio.async_socket.AsyncSocket._websocket_handler' in caplog.text
 
 
 def test_a_slot_gone_from_sanic_falls_back(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from sanic.server.protocols.base_protocol import SanicProtocol  # noqa: PLC0415
 
     monkeypatch.setattr(SanicProtocol, '__slots__', ('transport', '_time'))
-    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
-        assert type(fastpath.create_manager(True)) is rooms.IndexedAsyncManager
+    with caplog.at_level(logging.WARNING, 'gamelist_service.transport.compat'):
+        assert type(server(fast=True).manager) is rooms.IndexedAsyncManager
     assert 'SanicProtocol._can_write' in caplog.text
 
 
-def test_fast_broadcast_false_gives_the_plain_manager() -> None:
-    assert type(fastpath.create_manager(False)) is rooms.IndexedAsyncManager
+def test_fast_path_false_gives_the_plain_manager() -> None:
+    assert type(server(fast=False).manager) is socketio.AsyncManager  # python-socketio's own, rooms and all
 
 
 def test_another_websocket_driver_disables_the_fast_path(caplog: pytest.LogCaptureFixture) -> None:
-    sio = socketio.AsyncServer(async_mode='asgi', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='asgi', client_manager=fastpath.create_manager())
     with caplog.at_level(logging.WARNING, 'gamelist_service.transport.fastpath'):
         fastpath.install(sio)
     assert not sio.manager.enabled
@@ -288,7 +297,7 @@ async def test_an_attribute_gone_at_run_time_disables_it_and_the_client_still_ge
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sent: list[tuple[str, str]] = []
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     manager = sio.manager
     assert isinstance(manager, fastpath.FastAsyncManager) and manager.installed
@@ -322,7 +331,7 @@ class Transport:
 
 async def fast_server(monkeypatch: pytest.MonkeyPatch, idle: list[bool]) -> tuple[Any, list[Any], Transport]:
     """An AsyncServer with the fast manager and one client in / and /gameplay; _idle answers from the list idle."""
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     sent: list[Any] = []
 
@@ -369,7 +378,7 @@ def test_a_websocket_class_installed_later_is_wrapped_too() -> None:
     class Guarded(WebSocket):  # type: ignore[misc]
         pass
 
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     assert sio.eio._async['websocket']._gamelist_records_sanic_ws
     sio.eio._async = {**sio.eio._async, 'websocket': Guarded}  # as other code may do after install

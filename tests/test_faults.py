@@ -205,6 +205,7 @@ async def new_redis_pid(socket_path: Path, old: set[int], timeout_s: float = 15.
     return found[0]
 
 
+@pytest.mark.timeout(30)
 async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
@@ -245,6 +246,7 @@ async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_p
     assert redis_servers_on(socket_path) == []
 
 
+@pytest.mark.timeout(60)
 async def test_embedded_redis_that_keeps_dying_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
     serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port()).start()
     client = await Recorder(serve.url).connect()
@@ -283,6 +285,7 @@ def leading(serve: Serve) -> bool:
         return False
 
 
+@pytest.mark.timeout(30)
 async def test_clients_of_a_killed_leader_catch_up_on_another_instance(
     tmp_path: Path, redis_url: str, redis_client: Redis
 ) -> None:
@@ -330,6 +333,7 @@ async def test_clients_of_a_killed_leader_catch_up_on_another_instance(
 # -- Redis emptied under a running service ---------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 async def test_main_screen_follows_redis_when_versions_start_again(
     tmp_path: Path, redis_url: str, redis_client: Redis
 ) -> None:

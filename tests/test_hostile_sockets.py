@@ -160,6 +160,7 @@ async def send_random_events(client: Recorder, rng: random.Random, count: int) -
     return seen
 
 
+@pytest.mark.timeout(60)
 async def test_random_payloads_each_get_an_ack_and_the_connection_stays(served: Serve, bystander: Recorder) -> None:
     rng = random.Random(20240101)
     for transport in ('websocket', 'polling'):
@@ -285,6 +286,7 @@ async def test_a_flood_under_the_default_limits_leaves_the_server_responsive(tmp
     assert 'Traceback' not in serve.log()
 
 
+@pytest.mark.timeout(60)
 async def test_memory_stays_bounded_through_a_hostile_phase(served: Serve, bystander: Recorder) -> None:
     """The server's RSS before and after rounds of every kind of abuse, each measured after 200 round trips."""
     for _ in range(200):  # warm up: the allocator, caches and the list in Redis

@@ -76,6 +76,7 @@ def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serv
     yield from fast_and_plain(tmp_path_factory.mktemp('lean'))
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('fast', [True, False])
 async def test_a_client_answering_pings_stays_over_many_intervals(serves: dict[bool, Serve], fast: bool) -> None:
     serve = serves[fast]  # the tests' config: a ping every 1 s, 2 s to answer; silence for 3 s ends a session
@@ -89,6 +90,7 @@ async def test_a_client_answering_pings_stays_over_many_intervals(serves: dict[b
         await client.close()
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('fast', [True, False])
 async def test_a_client_that_stops_answering_is_closed_after_interval_and_timeout(
     serves: dict[bool, Serve], fast: bool
@@ -235,6 +237,7 @@ async def test_a_message_over_the_limit_is_refused_from_its_header(serves: dict[
         await client.close()
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('fast', [True, False])
 async def test_shutdown_says_going_away(tmp_path: Path, fast: bool) -> None:
     serve = start_serve(tmp_path / 'shutdown', fast)
@@ -372,6 +375,7 @@ class UpgradeClient(WireClient):
             await self.http.close()
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('fast', [True, False])
 async def test_an_upgrade_from_polling_carries_the_session(serves: dict[bool, Serve], fast: bool) -> None:
     client = UpgradeClient(serves[fast].port)

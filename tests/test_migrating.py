@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import yaml
 
@@ -57,6 +58,7 @@ def run_python(script: str, cwd: Path, env: dict[str, str]) -> subprocess.Comple
     )
 
 
+@pytest.mark.timeout(60)
 async def test_the_migration_guide_works_as_written(tmp_path: Path) -> None:
     stand_in = RedisServer(tmp_path)  # the prototype's Redis, on a free port instead of 6379
     stand_in.start()

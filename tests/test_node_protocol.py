@@ -61,6 +61,7 @@ async def test_a_post_handshake_without_a_sid_gets_400(served: Serve) -> None:
         assert r.status == 400
 
 
+@pytest.mark.timeout(30)
 async def test_a_polling_session_without_a_pong_is_closed_and_its_next_poll_gets_400(served: Serve) -> None:
     client = UpgradeClient(served.port)
     try:

@@ -193,6 +193,7 @@ def save_screenshot(page: Page, path: Path) -> None:
     print(f'screenshot: {path}' + (f' (copied to {target})' if target else ''))
 
 
+@pytest.mark.timeout(60)
 def test_page_shows_the_list_and_updates_it_in_place_after_publish(page: Page, served: Serve, tmp_path: Path) -> None:
     assert page.title() == 'gamelist-service · live'
     wait_connected(page)  # the page connects to / as it opens, and shows the list at once
@@ -276,6 +277,7 @@ def put_list(serve: Serve, games: list[dict[str, object]]) -> dict[str, object]:
         return stored
 
 
+@pytest.mark.timeout(60)
 def test_put_reaches_the_table_and_its_latency(page: Page, served: Serve) -> None:
     connect(page, '/')
     page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length === 5", timeout=WAIT_MS)
@@ -301,6 +303,7 @@ def test_put_reaches_the_table_and_its_latency(page: Page, served: Serve) -> Non
     )
 
 
+@pytest.mark.timeout(60)
 def test_reconnect_sends_the_token_and_the_last_version_and_catches_up(browser: Browser, served: Serve) -> None:
     context = browser.new_context()
     page = context.new_page()
@@ -364,6 +367,7 @@ def test_static_files_are_our_own_readable_code() -> None:
         assert max(len(line) for line in text.splitlines()) <= 200, f'{file.name} has minified-looking lines'
 
 
+@pytest.mark.timeout(60)
 def test_the_page_connects_under_another_host_name_and_port(browser: Browser, served: Serve) -> None:
     """The page as a player on the LAN would open it (another name than 127.0.0.1, a port other than 3000): it is the
     service's own origin, whatever server.cors_allowed_origins lists."""
@@ -383,6 +387,7 @@ def test_the_page_connects_under_another_host_name_and_port(browser: Browser, se
     assert 'is not an accepted origin' not in served.log()
 
 
+@pytest.mark.timeout(60)
 def test_the_page_opens_live_on_the_namespace_its_url_names(browser: Browser, served: Serve) -> None:
     context = browser.new_context()
     opened = context.new_page()

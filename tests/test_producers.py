@@ -186,6 +186,7 @@ async def test_game_list_updater_sends_as_a_producer_with_credentials(served: Se
 # -- a list fed by producers is never invented -----------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 async def test_an_expired_producer_list_is_never_refilled_from_templates(served: Serve) -> None:
     store = redis_of(served)
     producer = await Recorder(

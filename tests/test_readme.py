@@ -78,7 +78,7 @@ def test_readme_shows_the_two_fresh_machine_commands_first() -> None:
     assert 'pip install -e . && .venv/bin/gamelist-service serve' in first_screen
     assert "pip install -e '.[test]' && .venv/bin/python -m pytest" in first_screen
     ci = (ROOT / '.ci' / 'run').read_text()
-    assert ".venv/bin/pip install --quiet -e '.[test]'" in ci and '.venv/bin/python -m pytest' in ci
+    assert ".venv/bin/pip install --quiet -c constraints.txt -e '.[test]'" in ci and '.venv/bin/python -m pytest' in ci
 
 
 if __name__ == '__main__':  # print a table skeleton for the README

@@ -94,6 +94,7 @@ async def test_serve_with_a_password_or_an_acl_user(tmp_path: Path, flushed: Red
     assert secret not in serve.log()
 
 
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize('credentials', [':wrong-pass-4711', f'{ACL_USER}:wrong-pass-4711', ''])
 def test_a_wrong_or_missing_password_is_reported_without_the_password(
     tmp_path: Path, flushed: RedisServer, credentials: str

@@ -202,7 +202,7 @@ def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delattr(Protocol, 'events_received')  # ServerProtocol's, inherited
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     with caplog.at_level(logging.WARNING, 'gamelist_service.transport.screen'):
         assert screen.install(sio, fake_service(None), GameNamespace) is None
@@ -210,8 +210,8 @@ def test_a_missing_attribute_leaves_main_screen_on_the_normal_path(
     assert sio.manager.on_websocket == []
 
 
-def test_not_installed_without_the_fast_broadcast_manager() -> None:
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(False))
+def test_not_installed_without_the_fast_path_manager() -> None:
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=socketio.AsyncManager())
     fastpath.install(sio)
     assert screen.install(sio, fake_service(None), GameNamespace) is None
 

@@ -114,6 +114,7 @@ class GuessClient(WireClient):
 # -- H1: an abandoned upgrade ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 async def test_an_upgrade_left_unfinished_is_closed_after_interval_and_timeout(served: Serve) -> None:
     """Polling handshake, websocket upgrade (101), the probe, then silence: closed within ping interval + timeout
     (by its deadline, 1008, or with its session, whose pings go unanswered while it upgrades, 1000)."""
@@ -158,6 +159,7 @@ async def test_a_session_that_ends_closes_the_websocket_it_was_upgrading_to(serv
     await sockets_released(served)
 
 
+@pytest.mark.timeout(30)
 async def test_sockets_count_against_the_address_cap(served: Serve) -> None:
     """The review's loop: handshake, upgrade, silence, again. At most 2 x the cap sockets stay open at once, and
     every orphan ends with its session."""
@@ -336,6 +338,7 @@ def test_short_tokens_are_refused_by_validate(tmp_path: Path) -> None:
 # -- M4: slowloris ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 def test_a_request_head_trickled_in_is_cut_off_at_the_handshake_timeout(served: Serve) -> None:
     started = time.monotonic()
     with socket.create_connection(('127.0.0.1', served.port), timeout=2) as sock:
@@ -456,6 +459,7 @@ async def test_the_page_may_connect_to_its_own_origin_only(served: Serve) -> Non
 # -- L8: a JWT that expires ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 async def test_a_client_whose_token_expires_is_closed_and_reconnects_with_a_fresh_one(served: Serve) -> None:
     issued: list[str] = []
 

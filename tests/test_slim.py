@@ -82,7 +82,7 @@ def test_a_connection_without_what_it_expects_switches_it_off(caplog: pytest.Log
 
 
 def test_install_uses_the_queue_hook_and_the_fast_path_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     trimmer = slim.install(sio, sio.manager)
     assert trimmer is not None and trimmer.trim in sio.manager.on_websocket
@@ -95,7 +95,7 @@ def test_install_does_nothing_when_check_fails(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(slim, 'check', lambda: ['asyncio.Queue._getters'])
-    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager(True))
+    sio = socketio.AsyncServer(async_mode='sanic', client_manager=fastpath.create_manager())
     fastpath.install(sio)
     with caplog.at_level(logging.WARNING, 'gamelist_service.transport.slim'):
         assert slim.install(sio, sio.manager) is None

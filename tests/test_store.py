@@ -315,6 +315,7 @@ async def test_ping_and_server_info(store: Store) -> None:
 # -- errors --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)
 async def test_unreachable_redis_raises_store_error(closed_url: str) -> None:
     store = Store(closed_url, timeout_s=1.0)
     try:

@@ -22,9 +22,10 @@ from socketio import base_manager
 from gamelist_service.config.settings import LimitSettings
 from gamelist_service.core.service import GamelistService
 from gamelist_service.storage.store import Store
-from gamelist_service.transport import rooms
+from gamelist_service.transport import GamelistServer, rooms
 from gamelist_service.web import server
-from gamelist_service.web.sockets import ClientSummary, GamelistServer, GameNamespace
+from gamelist_service.web.limits import ConnectionLimiter
+from gamelist_service.web.sockets import ClientSummary, GameNamespace
 
 from .conftest import free_port
 from .helpers import Serve, async_wait_until, shipped_data, wait_until, write_config
@@ -125,10 +126,14 @@ async def test_churn_leaves_no_bookkeeping_behind(redis_url: str, tmp_path: Path
         return 0
 
     service = GamelistService(settings, store, emit)
+    limiter = ConnectionLimiter(lambda: LimitSettings(max_connections_per_ip=0))
     sio = GamelistServer(
-        client_manager=rooms.IndexedAsyncManager(), async_mode='asgi', logger=False, engineio_logger=False
+        client_manager=rooms.IndexedAsyncManager(),
+        async_mode='asgi',
+        logger=False,
+        engineio_logger=False,
+        limiter=limiter,
     )
-    sio.limiter.limits = lambda: LimitSettings(max_connections_per_ip=0)
     for ns in settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
     try:
@@ -145,7 +150,6 @@ async def test_churn_leaves_no_bookkeeping_behind(redis_url: str, tmp_path: Path
         assert manager.rooms == {} and manager.extra_rooms == {}
         assert manager.pending_connect == {} and manager.pending_disconnect == {} and manager.callbacks == {}
         assert sio.environ == {} and sio.users == {}
-        limiter = sio.limiter
         assert limiter.address == {} and not limiter.per_address and limiter.buckets == {} and not limiter.refused
         for handler in sio.namespace_handlers.values():
             assert isinstance(handler, GameNamespace)
@@ -284,6 +288,7 @@ async def test_concurrent_reads_of_a_list_not_in_memory_share_one_get(redis_url:
 # -- logging at scale ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(40)
 async def test_a_storm_is_one_info_line_not_one_per_client(tmp_path: Path) -> None:
     data = shipped_data()
     data['limits'] = {'max_connections_per_ip': 0}

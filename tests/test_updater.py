@@ -169,6 +169,7 @@ def test_continuous_updates_run_max_updates_times(updater: GameListUpdater, flus
         updater.continuous_updates(1, max_updates=0)
 
 
+@pytest.mark.timeout(30)
 def test_redis_down_is_a_clear_error_never_a_silent_drop() -> None:
     port = free_port()  # nothing listens there
     with GameListUpdater(redis_port=port, timeout_s=0.5) as down:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from .conftest import cli_command, free_port
@@ -86,6 +87,7 @@ def test_bad_answers_are_explained_and_nothing_is_written(redis_url: str, flushe
     assert flushed.exists('gamelist:current') == 0
 
 
+@pytest.mark.timeout(30)
 def test_redis_down_is_reported_and_the_menu_goes_on() -> None:
     dead = f'redis://127.0.0.1:{free_port()}/0'
     result = run_menu(dead, '1\n4\n5\n')

@@ -458,7 +458,7 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             ping_timeout_s=parse_duration(server['ping_timeout']),
             max_http_buffer_size=server['max_http_buffer_size'],
             sticky_sessions=server['sticky_sessions'],
-            fast_broadcast=server['fast_broadcast'],
+            fast_path=server['fast_path'],
             trust_forwarded_for=server['trust_forwarded_for'],
             connect_timeout_s=parse_duration(server['connect_timeout']),
             handshake_timeout_s=parse_duration(server['handshake_timeout']),

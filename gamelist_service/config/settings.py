@@ -25,7 +25,7 @@ class ServerSettings:
     ping_timeout_s: float = 20.0
     sticky_sessions: bool = False
     max_http_buffer_size: int = 65536
-    fast_broadcast: bool = True
+    fast_path: bool = True
     trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (only behind a proxy)
     connect_timeout_s: float = 45.0  # a session that joins no namespace in this time is closed
     handshake_timeout_s: float = 10.0  # the whole request head must arrive within this time

@@ -91,25 +91,10 @@ class _FakeEioServer:
         return asyncio.Queue()
 
 
-def create_manager(enabled: bool) -> socketio.AsyncManager:
-    """The client manager for the server: FastAsyncManager when enabled and the environment has what it needs.
-
-    Both it and the plain one keep each client's rooms indexed (rooms.py: O(1) disconnects) when rooms.check() passes.
-    """
-    indexed = not rooms.check()
-    if not indexed:
-        logger.warning("room index off, python-socketio's manager walks every room per disconnect: %s", rooms.check())
-    if not enabled:
-        logger.info('broadcast fast path off (server.fast_broadcast: false): plain python-socketio emit')
-        return rooms.IndexedAsyncManager() if indexed else socketio.AsyncManager()
-    missing = check()
-    if missing:
-        logger.warning(
-            'broadcast fast path disabled, using the plain python-socketio emit: the installed libraries lack %s',
-            ', '.join(missing),
-        )
-        return rooms.IndexedAsyncManager() if indexed else socketio.AsyncManager()
-    return FastAsyncManager() if indexed else PlainRoomsFastAsyncManager()
+def create_manager(rooms_indexed: bool = True) -> FastAsyncManager:
+    """The fast path's client manager (transport.create_server calls it once compat.check() passed), with each
+    client's rooms indexed (rooms.py: O(1) disconnects) unless rooms_indexed is False."""
+    return FastAsyncManager() if rooms_indexed else PlainRoomsFastAsyncManager()
 
 
 def install(sio: socketio.AsyncServer) -> None:
@@ -189,6 +174,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
     recipient takes the normal path, and then the callback runs first). The callback checks each connection again
     before writing; one that is no longer idle gets its packets through the normal path, in order.
     """
+
+    fast = True  # transport.install: this server runs the fast path
 
     def __init__(self) -> None:
         super().__init__()

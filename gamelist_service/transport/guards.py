@@ -26,13 +26,21 @@ from typing import Any
 
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
-from engineio.async_socket import AsyncSocket
 from sanic.response import json as sanic_json
 from socketio import packet as sio_packet
 
 from ..config.settings import LimitSettings
-from ..web.limits import RATE_LIMITED, ConnectionLimiter
+from ..errors import RATE_LIMITED, error_body
+from .types import Limiter
+
+try:  # internals: a rename switches the guards off (compat.check), it does not stop the service
+    from engineio.async_drivers.sanic import WebSocket as SanicWebSocket
+    from engineio.async_socket import AsyncSocket
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - only with other library versions
+    SanicWebSocket = AsyncSocket = object
+    _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
 logger = logging.getLogger('gamelist_service.transport.guards')
 
@@ -48,6 +56,34 @@ _NOT_BRACKET = re.compile(r'[^\[\]{}]+')
 TOO_DEEP = f'nested deeper than {MAX_JSON_DEPTH} levels'
 
 _websockets: dict[str, GuardedWebSocket] = {}  # Engine.IO session id -> its open websocket
+
+
+def check() -> list[str]:
+    """What the guards need of python-engineio and python-socketio and this environment lacks; empty: they can run."""
+    if _IMPORT_ERROR is not None:
+        return [_IMPORT_ERROR]
+    missing: list[str] = []
+    try:
+        import socketio  # noqa: PLC0415 - only the probe needs the server class itself
+
+        sio = socketio.AsyncServer(async_mode='sanic', logger=False, engineio_logger=False)
+        eio = sio.eio
+        if not isinstance(getattr(eio, '_async', None), dict) or 'websocket' not in eio._async:
+            missing.append('engineio.AsyncServer()._async["websocket"]')
+        if not isinstance(getattr(eio, 'handlers', None), dict):
+            missing.append('engineio.AsyncServer().handlers')
+        if not isinstance(getattr(sio, '_binary_packet', None), dict):
+            missing.append('socketio.AsyncServer()._binary_packet')
+        if not hasattr(eio, 'ping_interval_grace_period'):
+            missing.append('engineio.AsyncServer().ping_interval_grace_period')
+        sock = AsyncSocket(eio, 'check')
+        for name in ('queue', 'closing', 'closed', 'connected', 'upgraded', 'upgrading', 'server', 'sid'):
+            if not hasattr(sock, name):
+                missing.append(f'engineio AsyncSocket().{name}')
+        sock.__class__ = GuardedSocket  # the switch install() makes
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe means: do not use the guards
+        missing.append(f'probe failed: {type(exc).__name__}: {exc}')
+    return missing
 
 
 def engineio_frame_ok(data: str | bytes) -> bool:
@@ -90,7 +126,7 @@ class Refusal:
 class Gate:
     """Screens each Socket.IO packet of a client as it arrives; see the module docstring."""
 
-    def __init__(self, limiter: ConnectionLimiter) -> None:
+    def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
 
     def check(self, eio_sid: str, text: str) -> Refusal | None:
@@ -132,7 +168,7 @@ def _refusal_reply(header: re.Match[str] | None, message: str) -> str | None:
     kind, namespace, ack_id = header.groups()
     prefix = f'{namespace},' if namespace and namespace != '/' else ''
     if kind == '2' and ack_id is not None:
-        return f'3{prefix}{ack_id}' + json.dumps([{'status': 'error', 'message': message}], separators=(',', ':'))
+        return f'3{prefix}{ack_id}' + json.dumps([error_body(message)], separators=(',', ':'))
     if kind == '0':
         return f'4{prefix}' + json.dumps({'message': message}, separators=(',', ':'))
     return None
@@ -212,7 +248,7 @@ def install(sio: Any, gate: Gate, on_refusal: Callable[[str, Refusal], Any]) -> 
         if data[0] in sio.reserved_events:  # "connect" or "disconnect" sent as an event: not the client's to send
             logger.info('event %r from a client refused (reserved)', data[0])
             if id is not None:
-                refusal = {'status': 'error', 'message': f'{data[0]!r} is a reserved event name'}
+                refusal = error_body(f'{data[0]!r} is a reserved event name')
                 reply = sio.packet_class(sio_packet.ACK, namespace=namespace or '/', id=id, data=[refusal])
                 await sio._send_packet(eio_sid, reply)
             return

@@ -19,17 +19,18 @@ import time
 from typing import Any
 
 from sanic.exceptions import RequestTimeout
-from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
 from ..logs import RateLimitedLog
 
 logger = logging.getLogger('gamelist_service.transport.httpproto')
 
-try:
+try:  # internals: a rename leaves Sanic's own protocol class (check, compat.check), it does not stop the service
     from sanic.http.constants import Stage
+    from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 
     _IMPORT_ERROR: str | None = None
 except ImportError as exc:  # pragma: no cover - only with other library versions
+    WebSocketProtocol = object  # type: ignore[misc,assignment]
     _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
 _refusals = RateLimitedLog(logger, interval_s=10.0)
@@ -128,5 +129,7 @@ def protocol_class() -> type[Any]:
     missing = check()
     if missing:
         logger.warning('socket and request-head guards off, Sanic runs connections as shipped: missing %s', missing)
-        return WebSocketProtocol
+        from sanic.server.protocols.websocket_protocol import WebSocketProtocol as Shipped  # noqa: PLC0415
+
+        return Shipped
     return GuardedHttpProtocol

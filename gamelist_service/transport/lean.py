@@ -38,9 +38,16 @@ from typing import Any
 import engineio
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
-from engineio.async_socket import AsyncSocket
-from sanic.http.http1 import Http
-from sanic.server.protocols.http_protocol import HttpProtocol
+
+try:  # internals: a rename switches lean connections off (check, compat.check), it does not stop the service
+    from engineio.async_socket import AsyncSocket
+    from sanic.http.http1 import Http
+    from sanic.server.protocols.http_protocol import HttpProtocol
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - only with other library versions
+    AsyncSocket = Http = HttpProtocol = object  # type: ignore[misc,assignment]
+    _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
 from . import slim, wsframe
 from .guards import engineio_frame_ok
@@ -62,6 +69,8 @@ POLICY_VIOLATION = 1008  # websocket close code
 
 def check() -> list[str]:
     """What takeover needs of python-engineio and Sanic and this environment lacks; empty when it can run."""
+    if _IMPORT_ERROR is not None:
+        return [_IMPORT_ERROR]
     missing: list[str] = []
     for name in ('receive', 'send', 'close', 'schedule_ping', 'check_ping_timeout', '_send_ping'):
         if not hasattr(AsyncSocket, name):

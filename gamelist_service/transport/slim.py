@@ -25,7 +25,13 @@ import collections
 import logging
 from typing import Any
 
-from sanic.server.websockets.frame import WebsocketFrameAssembler
+try:  # an internal: a rename switches the trims off (check, compat.check), it does not stop the service
+    from sanic.server.websockets.frame import WebsocketFrameAssembler
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - only with other library versions
+    WebsocketFrameAssembler = object  # type: ignore[misc,assignment]
+    _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
 logger = logging.getLogger('gamelist_service.transport.slim')
 
@@ -75,6 +81,8 @@ def _slim_event(event: Any) -> None:
 
 def check() -> list[str]:
     """What the cuts need and this environment lacks; empty when they can run."""
+    if _IMPORT_ERROR is not None:
+        return [_IMPORT_ERROR]
     missing: list[str] = []
     try:
         queue = SmallQueue()

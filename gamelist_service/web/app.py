@@ -12,15 +12,15 @@ from typing import Any
 from sanic import Sanic
 from sanic.config import Config
 
-from .. import metrics
+from .. import metrics, transport
 from ..config.reload import Launch, ReloadStatus, load_for_reload
 from ..config.settings import Settings
 from ..core.service import GamelistService
 from ..errors import GamelistError
 from ..storage.store import Store, redact_url
-from ..transport import guards, heap
+from ..transport import GamelistServer
 from . import lists_api, page, routes
-from .sockets import ClientSummary, GamelistServer, apply_namespaces, create_server, emit_to_namespace, written
+from .sockets import ClientSummary, GameNamespace, apply_namespaces, create_server, emit_to_namespace
 
 logger = logging.getLogger('gamelist_service.web.app')
 
@@ -56,29 +56,25 @@ def create_app(
 
     store = Store(redis_url)
     store.on_error = lambda operation: metrics.REDIS_ERRORS.labels(operation).inc()
-    sio: GamelistServer | None = None
+    links: dict[str, Any] = {}  # the server and its transport, for the service's callbacks
 
     async def emit(event: str, data: dict[str, Any], namespace: str) -> int:
-        assert sio is not None
-        return await emit_to_namespace(sio, event, data, namespace)
+        return await emit_to_namespace(links['sio'], event, data, namespace)
 
     async def all_written() -> None:
-        assert sio is not None
-        await written(sio)
+        await links['transport'].written()
 
     service = GamelistService(settings, store, emit, written=all_written)
     sio = create_server(service, ASYNC_MODE)
-    # a malformed Engine.IO or Socket.IO packet drops its connection, without a traceback; events are counted first
-    guards.install(sio, sio.gate, sio.refuse)
-    hub = sio.lean_hub
-    guards.guard_requests(sio.eio, hub.accept_and_close if hub is not None else None)
+    # guards (every packet counted and screened where it arrives), and the fast path when server.fast_path says so
+    wired = transport.install(sio, app, service, GameNamespace)
+    links.update(sio=sio, transport=wired)
     sio.attach(app)
-    # Node's engine.io answers a handshake with another method 400, not 405
-    app.add_route(guards.bad_handshake_method, '/socket.io/', methods=['PUT', 'PATCH', 'DELETE'])
     app.ctx.settings = settings
     app.ctx.store = store
     app.ctx.service = service
     app.ctx.sio = sio
+    app.ctx.transport = wired
     app.ctx.reload_status = ReloadStatus(digest=settings.digest)
     app.ctx.reload_lock = asyncio.Lock()
     app.blueprint(routes.bp)
@@ -102,15 +98,9 @@ def create_app(
         status: ReloadStatus = app.ctx.reload_status
         metrics.config_loaded(status.generation, status.digest, status.loaded_at)
         service.start(schedules=schedules)
-        assert sio is not None
-        server = sio
-
-        def counts() -> tuple[int, int]:
-            return len(server.eio.sockets), server.closed_sessions
-
+        wired.start(lambda: sio.closed_sessions)
         loop = asyncio.get_running_loop()
-        app.ctx.heap_task = loop.create_task(heap.run(heap.HeapPolicy(), counts))
-        app.ctx.summary_task = loop.create_task(ClientSummary(server).run())
+        app.ctx.summary_task = loop.create_task(ClientSummary(sio).run())
         if launch is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, launch))
         logger.info(
@@ -145,17 +135,17 @@ def create_app(
 
 async def _stop_service(app: App, service: GamelistService, sio: GamelistServer) -> None:
     logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
-    for name in ('summary_task', 'heap_task'):
-        task: asyncio.Task[None] | None = getattr(app.ctx, name, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)  # the heap task gives the frozen objects back
+    wired: transport.Transport = app.ctx.transport
+    summary: asyncio.Task[None] | None = getattr(app.ctx, 'summary_task', None)
+    if summary is not None:
+        summary.cancel()
+        await asyncio.gather(summary, return_exceptions=True)
+    await wired.stop()
     try:
         await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
     except TimeoutError:
         logger.warning('scheduler and listener did not stop within %.0fs; going on', STOP_TIMEOUT_S)
-    if sio.lean_hub is not None:  # Sanic closes the websockets it runs; these ones are closed here, the same way
-        await sio.lean_hub.close_all(timeout_s=STOP_TIMEOUT_S)
+    await wired.close_all(timeout_s=STOP_TIMEOUT_S)  # Sanic closes the websockets it runs itself
     await sio.shutdown()
 
 

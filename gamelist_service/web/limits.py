@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.settings import LimitSettings
+from ..errors import RATE_LIMITED, TOO_MANY_CONNECTIONS
 
-RATE_LIMITED = 'rate limit exceeded'
-TOO_MANY_CONNECTIONS = 'too many connections from your address'
+__all__ = ['RATE_LIMITED', 'TOO_MANY_CONNECTIONS', 'ConnectionLimiter', 'address_key', 'client_ip']
+
 UNKNOWN_ADDRESS = 'unknown'
 SOCKETS_PER_SESSION = 2  # open sockets an address may hold per session of its cap (a poll and a post, or an upgrade)
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
+from .. import transport
 from ..config.reload import Launch
 from ..errors import EmbeddedRedisError
 from ..logs import setup_logging
 from ..storage import instances
 from ..storage.embedded import EmbeddedRedis, Supervisor
-from ..transport import httpproto
 
 if TYPE_CHECKING:
     from .app import App
@@ -71,7 +71,7 @@ def serve(launch: Launch) -> int:
             'auto_reload': False,
             'debug': False,
             'backlog': listen_backlog(server.backlog),
-            'protocol': httpproto.protocol_class(),
+            'protocol': transport.http_protocol(),
         }
         if server.metrics_listen is not None:
             metrics_server = metrics.serve_on(*server.metrics_listen)

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
 import socketio
-from engineio import packet as eio_packet
-from socketio import packet as sio_packet
 
-from .. import metrics
+from .. import metrics, transport
 from ..config.loader import schema
-from ..config.settings import LimitSettings, NamespaceSettings
+from ..config.settings import NamespaceSettings
 from ..core.lists import MAIN_SCREEN_MESSAGE, envelope, list_data, utc_now_iso
 from ..core.service import GamelistService
 from ..errors import GamelistError, ListExpired
 from ..producers.validation import validate_push
-from ..transport import fastpath, guards, lean, screen, slim
+from ..transport import POLICY_VIOLATION, GamelistServer, ack_requested
 from .auth import AuthRefused, authenticate, secrets_equal
 from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter
 from .origins import OriginPolicy, quiet_engineio
@@ -33,146 +30,12 @@ DEVICE_INFO_SCHEMA = 'device_info.schema.json'
 DEVICE_INFO_MAX_BYTES = 4096
 DEFAULT_TRANSPORTS = ('polling', 'websocket')
 
-# True while a handler runs for an event that carries an ack id (the client passed a callback).
-_ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
-CLOSE_GRACE_S = 1.0  # after the namespace disconnects: time for the client to close its Engine.IO session itself
-POLICY_VIOLATION = 1008  # websocket close code
 COMPUTED_FIELDS = frozenset(('updated_at', 'cache_duration', 'total_games', 'active_games', 'total_players', 'version'))
 INVALID_PRODUCER_TOKEN = 'invalid producer token'
 NOT_A_PRODUCER = (
     'game_list:updated is accepted only from producers: connect with auth {"producer_token": ...} '
     '(see producers in the service configuration)'
 )
-
-
-class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
-    """AsyncServer that lets handlers know whether the client asked for an ack, and counts sessions per address."""
-
-    def __init__(
-        self,
-        *args: Any,
-        limits: Callable[[], LimitSettings] = LimitSettings,
-        trust_forwarded_for: bool = False,
-        connect_timeout_s: float = 45.0,
-        **kwargs: Any,
-    ) -> None:
-        self.limiter = ConnectionLimiter(limits, trust_forwarded_for)
-        self.connect_timeout_s = connect_timeout_s
-        self._connect_timers: dict[str, asyncio.TimerHandle] = {}  # eio sid -> its deadline to join a namespace
-        self.gate = guards.Gate(self.limiter)
-        self.closed_sessions = 0  # Engine.IO sessions ended so far (heap.HeapPolicy)
-        self.screen_responder: screen.ScreenResponder | None = None
-        self.lean_hub: lean.Hub | None = None
-        self.users: dict[str, str] = {}  # eio sid -> the user_id its device:info named (one user per connection)
-        self._closing: set[asyncio.Task[None]] = set()
-        super().__init__(*args, **kwargs)
-
-    async def _handle_event_internal(
-        self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None
-    ) -> None:
-        token = _ack_requested.set(id is not None)
-        try:
-            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        finally:
-            _ack_requested.reset(token)
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
-        ip = self.limiter.client_ip(environ)
-        if self.limiter.refuse_handshake(ip):
-            logger.warning('refused a connection from %s: it holds too many already', ip)
-            return {'message': TOO_MANY_CONNECTIONS}  # Engine.IO answers 401 with this body
-        self.limiter.opened(eio_sid, ip)
-        loop = asyncio.get_running_loop()
-        self._connect_timers[eio_sid] = loop.call_later(self.connect_timeout_s, self._connect_timeout, eio_sid)
-        return await super()._handle_eio_connect(eio_sid, environ)
-
-    def joined(self, eio_sid: str) -> None:
-        """The session joined a namespace: its connect timeout no longer applies."""
-        timer = self._connect_timers.pop(eio_sid, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _connect_timeout(self, eio_sid: str) -> None:
-        """As Node's socket.io (connectTimeout): a session that joined no namespace in time is closed."""
-        self._connect_timers.pop(eio_sid, None)
-        logger.debug('closing session %s: it joined no namespace within %gs', eio_sid, self.connect_timeout_s)
-        self._spawn(self.end_session(eio_sid, 1000, 'connect timeout'))
-
-    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        namespace = namespace or '/'
-        if namespace not in self.namespace_handlers and namespace not in self.handlers:
-            # protocol v5: a connect_error carries an object (python-socketio sends the text 'Unable to connect')
-            error = self.packet_class(
-                sio_packet.CONNECT_ERROR, data={'message': 'Invalid namespace'}, namespace=namespace
-            )
-            await self._send_packet(eio_sid, error)
-            return
-        await super()._handle_connect(eio_sid, namespace, data)
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
-        try:
-            await super()._handle_eio_disconnect(eio_sid, reason)
-        finally:
-            self.limiter.closed(eio_sid)
-            self.users.pop(eio_sid, None)
-            self.joined(eio_sid)
-            self.closed_sessions += 1
-            if self.lean_hub is not None:
-                self.lean_hub.session_ended(eio_sid)  # an upgrade still in progress ends with its session
-
-    async def refuse(self, eio_sid: str, refusal: guards.Refusal) -> None:
-        """A packet the gate refused (not on a lean connection: those act in their receive callback)."""
-        if refusal.reply is not None:
-            await self.eio.send(eio_sid, refusal.reply)
-        if refusal.drop is not None:
-            await guards.drop(self, eio_sid, refusal.drop)
-        elif refusal.disconnect:
-            await self.disconnect_connection(eio_sid)
-
-    def refuse_soon(self, eio_sid: str, refusal: guards.Refusal) -> None:
-        """For a lean connection, which wrote the reply itself: disconnect it, from a task."""
-        if refusal.disconnect:
-            self._spawn(self.disconnect_connection(eio_sid))
-
-    def connect_refused(self, eio_sid: str) -> None:
-        """A namespace refused this session's connect: after limits.max_refused_connects, the session is closed."""
-        if eio_sid in self.eio.sockets and self.limiter.connect_refused(eio_sid):
-            logger.warning('closing session %s: %d namespace connects refused', eio_sid, self.limiter.refused[eio_sid])
-            self._spawn(self.end_session(eio_sid, POLICY_VIOLATION, 'too many refused connects'))
-
-    async def end_session(self, eio_sid: str, code: int, why: str) -> None:
-        """Close a client's Engine.IO session as a transport close, which socket.io clients reconnect after: a close
-        frame with code and why on a lean websocket; on polling, the pending poll ends (NOOP) and the next gets 400."""
-        sock = self.eio.sockets.get(eio_sid)
-        if sock is None or sock.closing or sock.closed:
-            return
-        conn = getattr(sock, 'lean', None)
-        if conn is not None:
-            conn.close(code, why)  # its connection_lost ends the session
-            return
-        sock.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
-        await sock.close(wait=False, abort=True, reason=self.eio.reason.SERVER_DISCONNECT)
-
-    async def disconnect_connection(self, eio_sid: str) -> None:
-        """Disconnect a client from every namespace (it sees each disconnect), then close its session if it stays."""
-        for namespace in list(self.manager.get_namespaces()):
-            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-            if sid is not None and self.manager.is_connected(sid, namespace):
-                await self.disconnect(sid, namespace=namespace)
-        self._spawn(self._close_later(eio_sid))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close_later(self, eio_sid: str) -> None:
-        await asyncio.sleep(CLOSE_GRACE_S)
-        if eio_sid in self.eio.sockets:
-            try:
-                await asyncio.wait_for(self.eio.disconnect(eio_sid), CLOSE_GRACE_S * 5)
-            except Exception as exc:  # noqa: BLE001 - a background task: log, never raise into the loop
-                logger.info('closing the session of a client over its limit: %s', exc)
 
 
 def error_ack(message: str) -> dict[str, str]:
@@ -338,7 +201,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except ListExpired as exc:  # a list fed by producers, expired: an error envelope, never invented games
             logger.info('main:screen on %s: %s', self.namespace, exc.message)
             reply = {'status': 'error', 'message': exc.message, 'timestamp': utc_now_iso(), 'event': 'main:screen'}
-        if _ack_requested.get():
+        if ack_requested():
             return reply
         await self.emit('main:screen', reply, to=sid)
         return None
@@ -447,8 +310,8 @@ def _short(message: str, limit: int = 160) -> str:
 def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
     """The AsyncServer with the config's CORS origins, transports and pings, and a namespace per config entry."""
     server = service.settings.server
-    sio = GamelistServer(
-        client_manager=fastpath.create_manager(server.fast_broadcast),
+    sio = transport.create_server(
+        fast_path=server.fast_path,
         async_mode=async_mode,
         cors_allowed_origins=OriginPolicy(server.cors_allowed_origins, server.trust_forwarded_for),
         transports=list(server.transports or DEFAULT_TRANSPORTS),
@@ -457,17 +320,11 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         max_http_buffer_size=server.max_http_buffer_size,
         logger=False,
         engineio_logger=False,
-        limits=lambda: service.settings.limits,  # read on each use: a reload applies at once
-        trust_forwarded_for=server.trust_forwarded_for,
+        # limits read on each use: a reload applies at once
+        limiter=ConnectionLimiter(lambda: service.settings.limits, server.trust_forwarded_for),
         connect_timeout_s=server.connect_timeout_s,
     )
     quiet_engineio(sio.eio.logger)
-    fastpath.install(sio)
-    sio.lean_hub = lean.install(sio, sio.manager)  # websockets without Sanic's websocket machinery
-    slim.install(sio, sio.manager)  # smaller per-connection state (measured: bench/RESULTS.md)
-    sio.screen_responder = screen.install(sio, service, GameNamespace)
-    if sio.lean_hub is not None:
-        sio.lean_hub.responder = sio.screen_responder
     for ns in service.settings.namespaces:
         sio.register_namespace(GameNamespace(ns, service))
     return sio
@@ -521,13 +378,6 @@ class ClientSummary:
             line = self.line(period_s)
             if line is not None:
                 logger.info('%s', line)
-
-
-async def written(sio: socketio.AsyncServer) -> None:
-    """Once the broadcasts emitted so far are handed to every idle websocket (the fast path writes them a turn later)."""
-    manager = sio.manager
-    if isinstance(manager, fastpath.FastAsyncManager):
-        await manager.written()
 
 
 async def emit_to_namespace(sio: socketio.AsyncServer, event: str, data: dict[str, Any], namespace: str) -> int:
