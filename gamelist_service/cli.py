@@ -6,10 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,8 @@ from .config.settings import Settings
 from .errors import GamelistError
 from .logs import setup_logging
 from .storage import instances
+from .storage.check import check_redis
+from .storage.instances import resolve_redis_url
 from .storage.store import Store, redact_url
 
 
@@ -149,24 +148,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def resolve_redis_url(settings: Settings, redis_url: str | None, port: int | None) -> str:
-    """--redis-url, else $GAMELIST_REDIS_URL or the config, else the embedded Redis of the running serve."""
-    url = redis_url or settings.redis.url
-    if url != 'embedded':
-        return url
-    found = instances.running(settings.redis.state_dir, settings.source, port)
-    if len(found) == 1:
-        return found[0].redis_url
-    where = f'{settings.redis.state_dir.resolve()}'
-    if not found:
-        raise GamelistError(
-            f'{settings.source} uses the embedded Redis, but no running serve for it was found in '
-            f'{where}: start `gamelist-service serve --config {settings.source}` or pass --redis-url'
-        )
-    ports = ', '.join(str(i.port) for i in found)
-    raise GamelistError(f'several serve processes use {settings.source} (ports {ports}): pass --port to choose one')
-
-
 def cmd_publish(ns: argparse.Namespace) -> int:
     settings = load_settings(ns.config)
     url = resolve_redis_url(settings, ns.redis_url, ns.port)
@@ -211,45 +192,12 @@ def cmd_check(ns: argparse.Namespace) -> int:
     return asyncio.run(_check(url))
 
 
-async def _check(url: str, pings: int = 20) -> int:
-    store = Store(url, timeout_s=3.0)
-    key = f'gamelist:check:{uuid.uuid4().hex}'
-    ok = True
-
-    def report(name: str, passed: bool, detail: str) -> None:
-        nonlocal ok
-        ok = ok and passed
-        print(f'{"ok  " if passed else "FAIL"} {name}: {detail}')
-
+async def _check(url: str) -> int:
     print(f'Redis at {redact_url(url)}')
-    try:
-        await store.ping()
-        report('ping', True, 'PONG')
-        value = uuid.uuid4().hex
-        started = time.perf_counter()
-        await store.redis.set(key, value, ex=10)
-        got = await store.redis.get(key)
-        report(
-            'set/get',
-            got in (value, value.encode()),
-            f'{key} round trip in {(time.perf_counter() - started) * 1000:.2f} ms',
-        )
-        ttl = await store.ttl(key)
-        report('ttl', 0 < ttl <= 10, f'{ttl:.1f}s left of 10s')
-        await store.redis.delete(key)
-        info = await store.server_info()
-        report('version', True, f'redis {info.get("redis_version", "?")} ({info.get("redis_mode", "?")} mode)')
-        samples = []
-        for _ in range(pings):
-            samples.append(await store.ping() * 1000)
-        report(
-            'latency', True, f'median {statistics.median(samples):.3f} ms, max {max(samples):.3f} ms over {pings} pings'
-        )
-    except GamelistError as exc:
-        report('redis', False, exc.message)
-    finally:
-        await store.close()
-    return 0 if ok else 1
+    steps = await check_redis(url)
+    for step in steps:
+        print(f'{"ok  " if step.passed else "FAIL"} {step.name}: {step.detail}')
+    return 0 if all(step.passed for step in steps) else 1
 
 
 def cmd_updater(ns: argparse.Namespace) -> int:

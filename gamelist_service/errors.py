@@ -59,10 +59,6 @@ class FencedError(StoreError):
     """A write on a schedule was refused because this process no longer holds the scheduler lease."""
 
 
-class SchedulerError(GamelistError):
-    """A schedule could not be set up or run."""
-
-
 class EmbeddedRedisError(GamelistError):
     """The private redis-server could not be started or found."""
 

@@ -10,12 +10,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from .storage.urls import PASSWORD_ARG_RE, URL_PASSWORD_RE
+
 _STANDARD = frozenset(vars(logging.LogRecord('', 0, '', 0, '', None, None))) | {'message', 'asctime', 'taskName'}
 
 # A last line of defence: whatever a message quotes, these never reach a log (the code redacts them itself too).
 _SECRETS = (
-    (re.compile(r'(\b(?:rediss?(?:\+sentinel)?|unix)://[^:@/\s]*:)[^@\s]+@', re.IGNORECASE), r'\1***@'),
-    (re.compile(r'(\b(?:sentinel_)?password=)[^&\s]+', re.IGNORECASE), r'\1***'),
+    (URL_PASSWORD_RE, r'\1***@'),  # the same patterns redact_url uses (storage/urls.py): one definition
+    (PASSWORD_ARG_RE, r'\1***'),
     (re.compile(r'(\bBearer\s+)[^\s\'",]+', re.IGNORECASE), r'\1***'),
 )
 

@@ -10,7 +10,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,15 +26,9 @@ from ..config.loader import load_settings
 from ..config.settings import GameTemplate, ListSettings, PlayerCounts
 from ..core.lists import game_entry, list_data, utc_now_iso
 from ..errors import GamelistError, PayloadError, StoreError
-from ..storage.store import (
-    _WRITE_LIST_LUA,
-    CURRENT_LIST_KEY,
-    UPDATES_CHANNEL,
-    VERSION_KEY_SUFFIX,
-    redact_url,
-    update_message,
-    write_list_args,
-)
+from ..storage.check import check_redis, run_sync
+from ..storage.instances import resolve_redis_url
+from ..storage.store import CURRENT_LIST_KEY, UPDATES_CHANNEL, redact_url, update_message, write_list_sync
 from .templates import as_templates
 from .validation import FieldError, GameListInvalid, validate_games
 
@@ -123,9 +116,7 @@ class GameListUpdater:
                 raise GamelistError(f'no list named {list_name!r} in {settings.source}; lists: {names}') from None
             self.game_templates: list[GameTemplate | Mapping[str, Any]] = list(settings.templates_for(self.list))
             if redis_url is None:
-                from ..cli import resolve_redis_url  # noqa: PLC0415 - the CLI's way to find a running serve's Redis
-
-                redis_url = resolve_redis_url(settings, None, None)
+                redis_url = resolve_redis_url(settings, None, None)  # the config's, or a running serve's embedded one
         else:
             self.list = replace(DEFAULT_LIST, name=list_name) if list_name else DEFAULT_LIST
             self.game_templates = list(default_templates())
@@ -136,7 +127,6 @@ class GameListUpdater:
             socket_timeout=timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
-        self._write_list = self.redis.register_script(_WRITE_LIST_LUA)
         self.last_receivers = 0
         if producer_token:
             logger.info(
@@ -176,14 +166,10 @@ class GameListUpdater:
             games = self.generate_game_list()
         else:
             games = validate_games(custom_games, root='custom_games')
-        body, prefix, ttl_arg, unit = write_list_args(list_data(games, ttl_s), ttl_s)
-        key = self.list.key
         try:
-            version = int(self._write_list(keys=[key, key + VERSION_KEY_SUFFIX], args=[prefix, ttl_arg, unit]))
+            return write_list_sync(self.redis, self.list.key, list_data(games, ttl_s), ttl_s)
         except (RedisError, OSError) as exc:
-            raise self._error(f'SET {key}', exc) from exc
-        logger.info('Redis SET %s (ttl %s%s, version %d, %d games)', key, ttl_arg, unit, version, len(games))
-        return {**body, 'version': version}
+            raise self._error(f'SET {self.list.key}', exc) from exc
 
     def send_game_list_update_notification(self, game_list_data: Mapping[str, Any]) -> bool:
         """Have every running service broadcast game_list_data; True if at least one service process heard it.
@@ -307,24 +293,8 @@ class GameListUpdater:
 
     def check_redis(self) -> list[tuple[str, bool, str]]:
         """The prototype's redis_test.py: ping, set/get, TTL, server version, as (step, passed, detail)."""
-        results: list[tuple[str, bool, str]] = []
-        key = f'gamelist:check:{uuid.uuid4().hex}'
-        try:
-            started = time.perf_counter()
-            self.redis.ping()
-            results.append(('ping', True, f'PONG in {(time.perf_counter() - started) * 1000:.2f} ms'))
-            value = uuid.uuid4().hex
-            self.redis.set(key, value, ex=10)
-            got = self.redis.get(key)
-            results.append(('set/get', got == value.encode(), f'{key} round trip'))
-            ttl = int(self.redis.ttl(key))
-            results.append(('ttl', 0 < ttl <= 10, f'{ttl}s left of 10s'))
-            self.redis.delete(key)
-            info: dict[str, Any] = self.redis.info('server')
-            results.append(('version', True, f'redis {info.get("redis_version", "?")}'))
-        except (RedisError, OSError) as exc:
-            results.append(('redis', False, self._error('answer', exc).message))
-        return results
+        steps = run_sync(check_redis(self.redis_url, pings=0, timeout_s=self.timeout_s))
+        return [(step.name, step.passed, step.detail) for step in steps]
 
     def test_redis_connection(self) -> bool:
         """True when Redis answers PING, a SET/GET round trip and a TTL; each step is logged."""

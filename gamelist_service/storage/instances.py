@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..config.settings import Settings
 from ..errors import GamelistError
 
 PIDFILE = 'serve.pid'
@@ -115,3 +116,22 @@ def _atomic_write(path: Path, text: str) -> None:
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w', encoding='utf-8') as file:
         file.write(text)
     os.replace(tmp, path)
+
+
+def resolve_redis_url(settings: Settings, redis_url: str | None, port: int | None) -> str:
+    """The Redis to use: redis_url (--redis-url), else $GAMELIST_REDIS_URL or the config's, else the embedded
+    Redis of the running serve of this config (port picks one when several run)."""
+    url = redis_url or settings.redis.url
+    if url != 'embedded':
+        return url
+    found = running(settings.redis.state_dir, settings.source, port)
+    if len(found) == 1:
+        return found[0].redis_url
+    where = f'{settings.redis.state_dir.resolve()}'
+    if not found:
+        raise GamelistError(
+            f'{settings.source} uses the embedded Redis, but no running serve for it was found in '
+            f'{where}: start `gamelist-service serve --config {settings.source}` or pass --redis-url'
+        )
+    ports = ', '.join(str(i.port) for i in found)
+    raise GamelistError(f'several serve processes use {settings.source} (ports {ports}): pass --port to choose one')

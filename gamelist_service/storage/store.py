@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from ..errors import FencedError, StoreError
+from .urls import connect, redact_url
+
+__all__ = ['CURRENT_LIST_KEY', 'UPDATES_CHANNEL', 'Store', 'redact_url', 'update_message', 'write_list_sync']
 
 CURRENT_LIST_KEY = 'gamelist:current'
 SESSION_KEY_PREFIX = 'session:'
@@ -28,10 +27,6 @@ VERSION_KEY_SUFFIX = ':version'  # gamelist:current:version, INCR'd on every wri
 UPDATES_CHANNEL = 'gamelist:updates'  # every process of every instance broadcasts what arrives here
 
 logger = logging.getLogger('gamelist_service.storage.store')
-
-_PASSWORD_ARG_RE = re.compile(r'((?:^|&)(?:sentinel_)?password=)[^&]*', re.IGNORECASE)
-SENTINEL_SCHEMES = ('redis+sentinel', 'rediss+sentinel')
-DEFAULT_SENTINEL_PORT = 26379
 
 LEADER_KEY = 'gamelist:leader'  # "<identity>|<epoch>" of the process that runs the schedules, with a lease (PX)
 LEADER_EPOCH_KEY = 'gamelist:leader:epoch'  # INCR'd on every new lease: the fencing token
@@ -124,112 +119,20 @@ def write_list_args(data: Mapping[str, Any], ttl_s: float) -> tuple[dict[str, An
     return body, prefix, ttl_arg, unit
 
 
+def write_list_sync(client: SyncRedis, key: str, data: Mapping[str, Any], ttl_s: float) -> dict[str, Any]:
+    """The list write of Store.write_list (version + SET ... EX, one script), for a synchronous redis-py client
+    (GameListUpdater); returns the data as written, with its version. Raises redis-py's errors."""
+    body, prefix, ttl_arg, unit = write_list_args(data, ttl_s)
+    version = int(client.eval(_WRITE_LIST_LUA, 2, key, key + VERSION_KEY_SUFFIX, prefix, ttl_arg, unit))
+    logger.info(
+        'Redis SET %s (ttl %s%s, version %d, %d games)', key, ttl_arg, unit, version, len(body.get('gamelist', []))
+    )
+    return {**body, 'version': version}
+
+
 def update_message(list_name: str, data: Mapping[str, Any]) -> str:
     """What is published on UPDATES_CHANNEL when list_name was written."""
     return dumps({'list': list_name, 'data': data})
-
-
-def redact_url(url: str) -> str:
-    """A Redis URL fit for logs: the password (before the @ or as ?password=, which redis-py accepts) is replaced."""
-    base, sep, query = url.partition('?')
-    query = _PASSWORD_ARG_RE.sub(r'\1***', query)
-    if '@' not in base or '://' not in base:
-        return base + sep + query
-    scheme, rest = base.split('://', 1)
-    creds, host = rest.rsplit('@', 1)
-    user = creds.split(':', 1)[0] if ':' in creds else ''
-    return f'{scheme}://{user}:***@{host}{sep}{query}'
-
-
-@dataclass(frozen=True, slots=True)
-class SentinelUrl:
-    """redis+sentinel://[user:password@]host1:26379,host2:26379/master_name[/db][?options], parsed.
-
-    The credentials are the master's; ?sentinel_username= and ?sentinel_password= are the sentinels' own, if they
-    need any. rediss+sentinel:// speaks TLS to the master. Other options (ssl_cert_reqs=, socket_timeout=, ...) are
-    redis-py's URL options.
-    """
-
-    sentinels: tuple[tuple[str, int], ...]
-    service_name: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ssl: bool = False
-    sentinel_auth: dict[str, Any] = field(default_factory=dict, repr=False)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def is_sentinel_url(url: str) -> bool:
-    return url.partition('://')[0].lower() in SENTINEL_SCHEMES
-
-
-def parse_sentinel_url(url: str) -> SentinelUrl:
-    """Parse a Sentinel URL; ValueError (never quoting a password) when it is not one."""
-    scheme, sep, rest = url.partition('://')
-    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
-        raise ValueError(f'{redact_url(url)} is not a redis+sentinel:// URL')
-    base, _, query = rest.partition('?')
-    netloc, _, path = base.partition('/')
-    creds, at, hostlist = netloc.rpartition('@')
-    username = password = None
-    if at:
-        user, colon, secret = creds.partition(':')
-        username = unquote(user) or None
-        password = unquote(secret) if colon and secret else None
-    sentinels = tuple(_host_port(item, url) for item in hostlist.split(',') if item)
-    parts = [unquote(part) for part in path.split('/') if part]
-    if not sentinels or not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdecimal()):
-        raise ValueError(
-            f'{redact_url(url)}: expected redis+sentinel://[user:password@]host:port[,host:port...]/master_name[/db]'
-        )
-    options: dict[str, Any] = dict(parse_url('redis://?' + query)) if query else {}
-    sentinel_auth = {
-        key.removeprefix('sentinel_'): options.pop(key)
-        for key in ('sentinel_username', 'sentinel_password')
-        if key in options
-    }
-    return SentinelUrl(
-        sentinels=sentinels,
-        service_name=parts[0],
-        db=int(parts[1]) if len(parts) == 2 else 0,
-        username=username,
-        password=password,
-        ssl=scheme.lower() == 'rediss+sentinel',
-        sentinel_auth=sentinel_auth,
-        options=options,
-    )
-
-
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    if item.startswith('['):  # [ipv6]:port
-        host, _, port = item[1:].partition(']')
-        port = port.removeprefix(':')
-    else:
-        host, _, port = item.rpartition(':') if ':' in item else (item, '', '')
-    if not host or (port and not port.isdecimal()):
-        raise ValueError(f'{redact_url(url)}: {item!r} is not host:port')
-    return host, int(port) if port else DEFAULT_SENTINEL_PORT
-
-
-def connect(url: str, **kwargs: Any) -> Redis:
-    """A client for any URL the config accepts: redis://, rediss://, unix://, or the master behind Sentinels."""
-    if not is_sentinel_url(url):
-        return Redis.from_url(url, **kwargs)
-    parsed = parse_sentinel_url(url)
-    sentinel_kwargs = {key: value for key, value in kwargs.items() if key.startswith('socket_')}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(parsed.sentinels), sentinel_kwargs={**sentinel_kwargs, **parsed.sentinel_auth}
-    )
-    master_kwargs: dict[str, Any] = {**kwargs, **parsed.options, 'db': parsed.db}
-    if parsed.username:
-        master_kwargs['username'] = parsed.username
-    if parsed.password:
-        master_kwargs['password'] = parsed.password
-    if parsed.ssl:
-        master_kwargs['ssl'] = True
-    client: Redis = sentinel.master_for(parsed.service_name, redis_class=Redis, **master_kwargs)
-    return client
 
 
 class Store:

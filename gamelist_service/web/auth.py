@@ -9,6 +9,7 @@ from typing import Any
 import jwt
 
 from ..config.settings import AuthSettings, JwtSettings
+from ..errors import GamelistError
 
 HMAC_ALGORITHMS = frozenset({'HS256', 'HS384', 'HS512'})
 REQUIRED_CLAIMS = ('exp', 'iss', 'aud')
@@ -23,13 +24,17 @@ WRONG_AUDIENCE = 'token audience not accepted'
 MISSING_CLAIM = 'token lacks a required claim (exp, iss and aud are required)'
 
 
-class AuthRefused(Exception):
+class AuthRefused(GamelistError):
     """A connect the namespace does not accept; message is what the client gets, reason what the log says."""
+
+    status_code = 401
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.reason = reason or message
+
+    def __repr__(self) -> str:
+        return f'AuthRefused(message={self.message!r}, reason={self.reason!r})'
 
 
 def token_from(environ: Mapping[str, Any], auth: Any) -> str | None:

@@ -1,4 +1,4 @@
-"""The publish API: PUT a game list with a bearer token, and the OpenAPI document of every route."""
+"""The lists over HTTP: GET them, PUT them (with a bearer token), and the OpenAPI document of every route."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ..core.service import GamelistService
 from ..errors import GamelistError
 from ..producers.validation import GAME_SCHEMA, FieldError, GameListInvalid, validate_push
 from .auth import secrets_equal
+from .routes import error_json
 
 logger = logging.getLogger('gamelist_service.web.lists_api')
 
@@ -45,6 +46,29 @@ async def _announce(app: Any) -> None:
     limit = max_body_bytes()  # a bad value stops the start with its message, not the first PUT
     state = 'enabled' if os.environ.get(ENV_API_TOKEN) else f'disabled ({ENV_API_TOKEN} is not set: PUT answers 503)'
     logger.info('publish API (PUT /api/v1/gamelist, /api/v1/lists/<name>) %s; bodies up to %d bytes', state, limit)
+
+
+@bp.get('/api/v1/gamelist')
+async def current_list(request: Request) -> HTTPResponse:
+    """The first list (gamelist:current in the shipped file) as stored in Redis; 404 when it has expired."""
+    return await _list_response(request.app.ctx.service, request.app.ctx.service.settings.lists[0].name)
+
+
+@bp.get('/api/v1/lists/<name:str>')
+async def named_list(request: Request, name: str) -> HTTPResponse:
+    """Any configured list by name."""
+    return await _list_response(request.app.ctx.service, name)
+
+
+async def _list_response(service: GamelistService, name: str) -> HTTPResponse:
+    try:
+        lst = service.settings.get_list(name)
+    except KeyError:
+        return json({'status': 'error', 'message': f'no list named {name[:64]!r}'}, status=404)
+    data = await service.store.read_list(lst.key)
+    if data is None:
+        return json({'status': 'error', 'message': f'{lst.key} has expired or was never written'}, status=404)
+    return json(data)
 
 
 @bp.put('/api/v1/gamelist', stream=True)
@@ -136,20 +160,13 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> HTTPResponse:
-    return json({'status': 'error', 'message': message}, status=status, headers=headers)
+    return error_json(status, message, headers)
 
 
 def _invalid(errors: Iterable[FieldError]) -> HTTPResponse:
     found = [error.as_dict() for error in errors]
     count = len(found)
-    return json(
-        {
-            'status': 'error',
-            'message': f'invalid game list: {count} problem{"s" if count != 1 else ""}',
-            'errors': found,
-        },
-        status=422,
-    )
+    return error_json(422, f'invalid game list: {count} problem{"s" if count != 1 else ""}', errors=found)
 
 
 @cache

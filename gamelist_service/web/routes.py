@@ -1,9 +1,10 @@
-"""HTTP routes: liveness, readiness and reading the current list."""
+"""HTTP routes: liveness, readiness, metrics, and the one error answer every route gives."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.exceptions import SanicException
@@ -12,7 +13,7 @@ from sanic.response import HTTPResponse, json, raw
 from .. import metrics
 from ..config.settings import Settings
 from ..core.service import GamelistService
-from ..errors import GamelistError
+from ..errors import GamelistError, error_body
 from .auth import secrets_equal
 
 logger = logging.getLogger('gamelist_service.web.routes')
@@ -76,31 +77,13 @@ async def ready(request: Request) -> HTTPResponse:
 async def prometheus_metrics(request: Request) -> HTTPResponse:
     """Prometheus text format; with several workers, the sum of what each wrote. 404 with server.metrics_listen."""
     if _service(request).settings.server.metrics_listen is not None:
-        return json({'status': 'error', 'message': 'metrics are served on server.metrics_listen'}, status=404)
+        return error_json(404, 'metrics are served on server.metrics_listen')
     return raw(metrics.generate_latest(), content_type=metrics.CONTENT_TYPE_LATEST)
 
 
-@bp.get('/api/v1/gamelist')
-async def current_list(request: Request) -> HTTPResponse:
-    """The first list (gamelist:current in the shipped file) as stored in Redis; 404 when it has expired."""
-    return await _list_response(_service(request), _service(request).settings.lists[0].name)
-
-
-@bp.get('/api/v1/lists/<name:str>')
-async def named_list(request: Request, name: str) -> HTTPResponse:
-    """Any configured list by name."""
-    return await _list_response(_service(request), name)
-
-
-async def _list_response(service: GamelistService, name: str) -> HTTPResponse:
-    try:
-        lst = service.settings.get_list(name)
-    except KeyError:
-        return json({'status': 'error', 'message': f'no list named {name[:64]!r}'}, status=404)
-    data = await service.store.read_list(lst.key)
-    if data is None:
-        return json({'status': 'error', 'message': f'{lst.key} has expired or was never written'}, status=404)
-    return json(data)
+def error_json(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> HTTPResponse:
+    """An HTTP error answer: {"status": "error", "message": ...} (errors.error_body), never a traceback."""
+    return json(error_body(message, **extra), status=status, headers=headers)
 
 
 def error_response(request: Request, exc: Exception) -> HTTPResponse:
@@ -108,14 +91,14 @@ def error_response(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, GamelistError):
         logger.error('%s %s failed: %s', request.method, request.path, exc)
         message = exc.message if exc.status_code < 500 else 'the game list is unavailable right now'
-        return json({'status': 'error', 'message': message}, status=exc.status_code)
+        return error_json(exc.status_code, message)
     if isinstance(exc, SanicException):
-        return json({'status': 'error', 'message': str(exc) or exc.__class__.__name__}, status=exc.status_code)
+        return error_json(exc.status_code, str(exc) or exc.__class__.__name__)
     if _after_websocket(request, exc):
         logger.debug('%s %s: no HTTP answer after its websocket session (%s)', request.method, request.path, exc)
-        return json({'status': 'error', 'message': 'connection closed'}, status=500)
+        return error_json(500, 'connection closed')
     logger.error('%s %s failed unexpectedly', request.method, request.path, exc_info=exc)
-    return json({'status': 'error', 'message': 'internal error'}, status=500)
+    return error_json(500, 'internal error')
 
 
 def _after_websocket(request: Request, exc: Exception) -> bool:

@@ -17,7 +17,7 @@ from ..config.loader import schema
 from ..config.settings import NamespaceSettings
 from ..core.lists import MAIN_SCREEN_MESSAGE, envelope, list_data, utc_now_iso
 from ..core.service import GamelistService
-from ..errors import GamelistError, ListExpired
+from ..errors import GamelistError, ListExpired, error_body
 from ..producers.validation import validate_push
 from ..transport import POLICY_VIOLATION, GamelistServer, ack_requested
 from .auth import AuthRefused, authenticate, secrets_equal
@@ -38,8 +38,8 @@ NOT_A_PRODUCER = (
 )
 
 
-def error_ack(message: str) -> dict[str, str]:
-    return {'status': 'error', 'message': message}
+def error_ack(message: str) -> dict[str, Any]:
+    return error_body(message)
 
 
 class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -200,7 +200,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             reply = envelope(data, 'main:screen', MAIN_SCREEN_MESSAGE)
         except ListExpired as exc:  # a list fed by producers, expired: an error envelope, never invented games
             logger.info('main:screen on %s: %s', self.namespace, exc.message)
-            reply = {'status': 'error', 'message': exc.message, 'timestamp': utc_now_iso(), 'event': 'main:screen'}
+            reply = error_body(exc.message, timestamp=utc_now_iso(), event='main:screen')
         if ack_requested():
             return reply
         await self.emit('main:screen', reply, to=sid)
