@@ -15,7 +15,8 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 
 from gamelist_service.logs import redact
 from gamelist_service.storage.embedded import find_redis_server
-from gamelist_service.storage.store import SentinelUrl, Store, connect, parse_sentinel_url, redact_url
+from gamelist_service.storage.store import Store, redact_url
+from gamelist_service.storage.urls import SentinelUrl, connect, parse_sentinel_url
 
 from .conftest import RedisServer, cli_command, free_port, wait_for_ping
 from .helpers import Recorder, Serve, answers, shipped_data, wait_until, write_config
