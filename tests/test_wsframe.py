@@ -646,3 +646,55 @@ def test_random_streams_split_at_random_points(batch: list[Message], data: st.Da
     assert reader._buffer == b''
     assert reader._fragments is None
     assert not reader.closed
+
+
+# -- limits on what a client can make the reader hold and do ----------------------------------------------------
+
+
+def fragmented(count: int) -> bytes:
+    """One text message in count frames: a first frame, continuations, the last with FIN."""
+    frames = [raw_frame(0x01, b'a')]  # TEXT, no FIN
+    frames += [raw_frame(0x00, b'') for _ in range(count - 2)]  # continuations, no FIN
+    frames.append(raw_frame(0x80, b'z'))  # the last continuation, FIN
+    return b''.join(frames)
+
+
+def test_a_message_in_at_most_max_fragments_frames_is_accepted() -> None:
+    assert FrameReader(1 << 20).feed(fragmented(wsframe.MAX_FRAGMENTS)) == [(TEXT, b'az')]
+
+
+def test_a_message_in_more_fragments_is_refused_before_all_of_it_is_held() -> None:
+    reader = FrameReader(1 << 20)
+    with pytest.raises(FrameError) as refused:
+        reader.feed(fragmented(wsframe.MAX_FRAGMENTS + 1))
+    assert refused.value.code == wsframe.TOO_BIG and 'more than 1024 fragments' in refused.value.reason
+    assert reader._fragments is not None and len(reader._fragments) == wsframe.MAX_FRAGMENTS
+
+
+class CountingReader(FrameReader):
+    """Counts the frame headers it parses: a reader that re-parses a frame on each partial read makes one per read."""
+
+    __slots__ = ('parses',)
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__(max_size)
+        self.parses = 0
+
+    def _header(self, buffer: bytes | bytearray, pos: int, total: int) -> tuple[int, bool, int, int] | None:
+        self.parses += 1
+        return super()._header(buffer, pos, total)
+
+
+def parses_for(size: int, read: int) -> int:
+    payload = bytes(range(256)) * (size // 256)
+    data = raw_frame(0x82, payload)  # BINARY, FIN
+    reader = CountingReader(size)
+    out = feed_all(reader, [data[i : i + read] for i in range(0, len(data), read)])
+    assert out == [(BINARY, payload)]
+    return reader.parses
+
+
+def test_a_large_frame_in_small_reads_is_parsed_once_it_is_whole() -> None:
+    """L2: linear in its size. The work per read is an append; the frame's header is parsed when it arrives and when
+    the frame is whole, however many reads it takes (4x the size, the same count)."""
+    assert parses_for(1 << 18, 1000) == parses_for(1 << 20, 1000) <= 3

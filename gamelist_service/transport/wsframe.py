@@ -3,7 +3,8 @@
 Used by lean.py, which runs a websocket connection without Sanic's and websockets' per-connection machinery. No
 extension is negotiated (the handshake offers none), so every RSV bit must be 0. Client frames must be masked.
 Fragmented messages are reassembled, control frames may come between the fragments, and a message longer than
-max_size is refused with close code 1009. The bytes written are the ones websockets writes for the same frame:
+max_size, or in more than MAX_FRAGMENTS frames, is refused with close code 1009. Reading is linear in the bytes
+received, whatever the sizes of the reads. The bytes written are the ones websockets writes for the same frame:
 tests/test_wsframe.py compares them.
 """
 
@@ -25,6 +26,7 @@ CONTROL_OPCODES = frozenset((CLOSE, PING, PONG))
 # close codes
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG, INTERNAL_ERROR = 1000, 1001, 1002, 1007, 1009, 1011
 NO_STATUS = 1005  # a close frame without a code (never sent in a frame)
+MAX_FRAGMENTS = 1024  # frames one message may come in: each is held until the last one (1 byte each is no limit)
 _ALLOWED_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
 
@@ -94,24 +96,36 @@ class FrameReader:
     protocol forbids; the caller closes the connection with its code. Nothing is returned after a CLOSE frame.
     """
 
-    __slots__ = ('_buffer', '_fragments', '_opcode', '_size', 'closed', 'max_size')
+    __slots__ = ('_buffer', '_fragments', '_need', '_opcode', '_size', 'closed', 'max_fragments', 'max_size')
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, max_fragments: int = MAX_FRAGMENTS) -> None:
         self.max_size = max_size
-        self._buffer = b''  # bytes of a frame not complete yet
+        self.max_fragments = max_fragments
+        self._buffer = bytearray()  # bytes of a frame not complete yet
+        self._need = 0  # the bytes that frame needs in all, once its header is known (0: not known yet)
         self._fragments: list[bytes] | None = None  # the data frames of a fragmented message so far
         self._opcode = 0  # that message's opcode
         self._size = 0  # and its size so far
         self.closed = False
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The messages and control frames completed by data. Linear in the bytes received: a frame that arrives in
+        many small reads is appended to its buffer and parsed once, when it is whole."""
         if self.closed:
             return []
-        buffer = self._buffer + data if self._buffer else data
+        pending = self._buffer
+        if pending:
+            pending += data
+            if len(pending) < self._need:
+                return []  # the frame at the front is still incomplete: nothing to parse again
+            buffer: bytes | bytearray = pending
+        else:
+            buffer = data
         out: list[tuple[int, bytes]] = []
         view = memoryview(buffer)
         total = len(buffer)
         pos = 0
+        need = 0
         while total - pos >= 2:
             header = self._header(buffer, pos, total)
             if header is None:
@@ -119,6 +133,7 @@ class FrameReader:
             opcode, fin, size, head = header
             end = pos + head + 4 + size
             if end > total:
+                need = end - pos
                 break
             mask = bytes(view[pos + head : pos + head + 4])
             payload = apply_mask(bytes(view[pos + head + 4 : end]), mask)
@@ -132,10 +147,15 @@ class FrameReader:
                 message = self._data(opcode, fin, payload)
                 if message is not None:
                     out.append(message)
-        self._buffer = bytes(view[pos:]) if pos < total else b''
+        view.release()
+        if buffer is pending:
+            del pending[:pos]  # what was parsed; CPython drops a bytearray's head without moving the rest
+        elif pos < total:
+            self._buffer = bytearray(buffer[pos:])
+        self._need = need
         return out
 
-    def _header(self, buffer: bytes, pos: int, total: int) -> tuple[int, bool, int, int] | None:
+    def _header(self, buffer: bytes | bytearray, pos: int, total: int) -> tuple[int, bool, int, int] | None:
         """The opcode, FIN, payload size and header length of the frame at pos; None until its header is whole."""
         first, second = buffer[pos], buffer[pos + 1]
         if first & 0x70:
@@ -169,6 +189,8 @@ class FrameReader:
         if opcode == CONTINUATION:
             if self._fragments is None:
                 raise FrameError(PROTOCOL_ERROR, 'continuation frame without a message')
+            if len(self._fragments) >= self.max_fragments:
+                raise FrameError(TOO_BIG, f'message in more than {self.max_fragments} fragments')
             self._fragments.append(payload)
             self._size += len(payload)
             if not fin:
