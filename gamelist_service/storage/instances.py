@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config.settings import Settings
 from ..errors import GamelistError
+from .embedded import private_dir
 
 PIDFILE = 'serve.pid'
 INFOFILE = 'instance.json'
@@ -63,7 +64,7 @@ def _pidfile_pid(directory: Path) -> int:
 def claim(state_root: Path, port: int, config: Path) -> Path:
     """Create this instance's directory and pidfile; refuse if a live serve already holds the port's directory."""
     directory = instance_dir(state_root, port)
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # pidfile, instance.json (a Redis URL), the embedded Redis: the service user's only
     previous = _read(directory)
     # the pidfile too: a serve that is still starting (its Redis not up yet) has not published instance.json
     for pid in (previous.pid if previous else 0, _pidfile_pid(directory)):
