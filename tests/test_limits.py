@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -212,3 +215,28 @@ def test_a_reload_applies_limits_and_auth_live_but_not_trust_forwarded_for(tmp_p
     assert merged.get_namespace('/gameplay').auth.mode == 'token'
     assert merged.server.trust_forwarded_for is False
     assert restart_only_changes(old, new) == ['server.trust_forwarded_for: False -> True']
+
+
+async def test_websocket_handshakes_over_twice_the_cap_are_refused_at_the_handshake(served: Serve) -> None:
+    """The same refusal when the handshake is a websocket's (answered without Sanic's request machinery: lean.py)."""
+    ip = '192.0.2.88'
+    opened = []
+    try:
+        for _ in range(2 * CAP + 1):
+            reader, writer = await asyncio.open_connection('127.0.0.1', served.port)
+            opened.append(writer)
+            writer.write(
+                (
+                    'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n'
+                    f'Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n'
+                    f'Sec-WebSocket-Version: 13\r\nX-Forwarded-For: {ip}\r\n\r\n'
+                ).encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 5)
+            status = head.split(b'\r\n', 1)[0]
+        assert status == b'HTTP/1.1 401 Unauthorized', status  # the last one; the others got their 101
+        body = await asyncio.wait_for(reader.read(), 5)
+        assert json.loads(body) == {'message': TOO_MANY_CONNECTIONS}
+    finally:
+        for writer in opened:
+            writer.close()

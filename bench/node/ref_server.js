@@ -5,7 +5,8 @@
 // Subscribes to gamelist:updates like every serve process, and on each message emits the same envelope
 // ({status, message, data, timestamp, event}) as game_list:updated to / and /gameplay. main:screen is answered
 // through the ack (or as an event) from the latest list in memory, read from Redis (gamelist:current) when none
-// has arrived yet. websocket transport as the clients use; socket.io's defaults otherwise (no compression).
+// has arrived yet; a client connecting with auth {since: V} gets the latest list when V is not its version.
+// websocket transport as the clients use; socket.io's defaults otherwise (no compression).
 // After each broadcast prints how long the emits took (as gamelist-service logs it). Prints {"listening": port} when ready; GET /health answers 200. Ends on SIGTERM/SIGINT.
 'use strict';
 const http = require('http');
@@ -41,6 +42,11 @@ async function current() {
 
 for (const ns of ['/', '/gameplay']) {
   io.of(ns).on('connection', (socket) => {
+    // a client that reconnects with the version it saw gets the current list if it moved on, as gamelist-service
+    const since = socket.handshake.auth && socket.handshake.auth.since;
+    if (typeof since === 'number' && latest && latest.version !== since) {
+      socket.emit('game_list:updated', envelope(latest.data, 'game_list:updated', 'Game list has been updated'));
+    }
     socket.on('main:screen', async (...args) => {
       const ack = typeof args[args.length - 1] === 'function' ? args[args.length - 1] : null;
       const reply = envelope(await current(), 'main:screen', 'Current game list');

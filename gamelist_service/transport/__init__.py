@@ -66,6 +66,11 @@ def create_server(*, fast_path: bool, **kwargs: Any) -> GamelistServer:
         manager = rooms.IndexedAsyncManager()
     sio = GamelistServer(client_manager=manager, **kwargs)
     sio.compat_report = report
+    if fast_path:
+        # a session's packets already run in a task of their own (lean.py), and python-socketio starts one per
+        # event: python-engineio's task per message on top of those is one task too many (a connect storm makes
+        # 20,000 of them); its documented option runs the message handler in the receiving task instead
+        sio.eio.async_handlers = False
     return sio
 
 

@@ -42,6 +42,7 @@ try:  # the imports themselves are part of the check: a rename disables the fast
 except ImportError as exc:  # pragma: no cover - only with other library versions
     _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
+ENCODED_KEPT = 8  # events whose encoding is kept (each holds its data object: a few lists, not more)
 # Attribute on engineio's AsyncSocket holding the Sanic websocket of that connection (set by FastWebSocket).
 SANIC_WS_ATTR = '_gamelist_sanic_ws'
 
@@ -148,7 +149,7 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
             hub = manager.lean_hub
             # a websocket connection, direct or an upgrade from polling: run by lean.py if it can
             if hub is not None and owner is not None and manager.enabled and hub.takeover(owner, environ):
-                return self.server._ok()
+                return {'status': '200 OK', 'headers': [], 'response': b''}  # Sanic writes it nowhere: taken over
             return await super().__call__(environ)
 
         async def wait(self) -> Any:
@@ -189,6 +190,9 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         self._flush_handle: asyncio.Handle | None = None
         self._flush_done: asyncio.Future[None] | None = None  # resolved when _flush has written this turn's frames
         self._tasks: set[asyncio.Task[None]] = set()
+        # the last events emitted, by (id of their data object, event, namespace): (that object, its frame, its engineio
+        # packet); the same object emitted again (to one client after another, in each namespace) is not encoded again
+        self._encoded: dict[tuple[int, str, str], tuple[Any, bytes, Any]] = {}
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
         # runs websocket connections, direct or upgraded from polling (lean.Hub); None: python-engineio's handler does
@@ -239,13 +243,23 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             data = []
         if not isinstance(skip_sid, list):
             skip_sid = [skip_sid]
-        pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data])
-        encoded = pkt.encode()
-        if not isinstance(encoded, str):  # binary attachments: several packets per client; the plain path sends them
-            await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
-            return
-        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = wsframe.text_frame(eio_pkt.encode())
+        key = (id(original), event, namespace)
+        held = self._encoded.get(key)
+        if held is not None and held[0] is original:
+            frame, eio_pkt = held[1], held[2]  # the same object again (the catch-up list of a reconnect storm)
+        else:
+            pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data])
+            encoded = pkt.encode()
+            if not isinstance(encoded, str):  # binary attachments: several packets per client; the plain path
+                await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
+                return
+            eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+            frame = wsframe.text_frame(eio_pkt.encode())
+            if len(self._encoded) >= ENCODED_KEPT:
+                self._encoded.clear()
+            self._encoded[key] = (original, frame, eio_pkt)
+        if isinstance(room, str) and skip_sid == [None] and self._write_to_one(eio, namespace, room, frame):
+            return  # one client, idle, nothing of this turn waiting for it: written now (a catch-up list)
         stashed, slow = self._stash(eio, namespace, room, skip_sid, (frame, eio_pkt))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -344,6 +358,25 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         done = self._flush_done
         if done is not None:
             await asyncio.shield(done)
+
+    def _write_to_one(self, eio: Any, namespace: str, room: str, frame: bytes) -> bool:
+        """An emit to one client's own room: write its frame now when nothing of this turn waits for that client."""
+        eio_sid = self.rooms.get(namespace, {}).get(None, {}).get(room)
+        if eio_sid is None or eio_sid in self._pending or not self.enabled:
+            return False
+        sock = eio.sockets.get(eio_sid)
+        if sock is None:
+            return False
+        try:
+            transport = direct_transport(sock, time.time(), eio.ping_timeout, self.clock())
+            if transport is None:
+                return False
+            transport.write(frame)
+        except AttributeError as exc:  # a library changed shape under us: the plain path from now on
+            self.disable(f'{type(exc).__name__}: {exc}')
+            return False
+        self.fast_sends += 1
+        return True
 
     def write_now(self, eio_sid: str, encoded: str) -> bool:
         """Write one Socket.IO packet to an idle websocket client now; False: the caller takes the normal path."""

@@ -97,9 +97,14 @@ class GuardedHttpProtocol(WebSocketProtocol):
                 limiter.socket_closed(ip)
 
     def data_received(self, data: bytes) -> None:
-        http = getattr(self, '_http', None)
-        if http is not None and http.stage is Stage.IDLE:
+        http = getattr(self, '_http', None)  # None before Sanic's connection task first ran
+        if http is None or http.stage is Stage.IDLE:
             self.head_started = time.monotonic()  # the first bytes of a request: its head's clock starts
+            if not self.recv_buffer:
+                wired = getattr(self.app.ctx, 'transport', None)
+                hub = getattr(wired, 'hub', None)
+                if hub is not None and hub.direct_handshake(self, data):
+                    return  # a websocket handshake, answered by lean.py without Sanic's request machinery
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def check_timeouts(self) -> None:

@@ -29,11 +29,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import contextvars
 import hashlib
 import logging
 import time
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
 
 import engineio
 from engineio import exceptions as eio_exceptions
@@ -422,6 +425,80 @@ class LeanConnection(asyncio.Protocol):
         self.close(code, reason)
 
 
+DIRECT_PROTOCOL = 'gamelist.protocol'  # the environ key of a direct handshake's Sanic protocol
+_DIRECT_PREFIX = b'GET /socket.io/?'
+
+
+class _Headers:
+    """The handshake's headers from its environ, as the Sanic request's headers answer get()."""
+
+    __slots__ = ('environ',)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+
+    def get(self, name: str, default: str = '') -> str:
+        value = self.environ.get('HTTP_' + name.upper().replace('-', '_'), default)
+        return value if isinstance(value, str) else default
+
+
+def _direct_environ(protocol: Any, data: bytes, eio: Any) -> dict[str, Any] | None:
+    """The environ python-engineio's Sanic driver would build for this handshake; None when it is not a plain
+    websocket handshake in one read (then Sanic parses it, and python-engineio answers whatever it is)."""
+    end = data.find(b'\r\n\r\n')
+    if not data.startswith(_DIRECT_PREFIX) or end < 0 or end + 4 != len(data) or end > 8192:
+        return None
+    try:
+        lines = data[:end].decode('latin-1').split('\r\n')
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        return None
+    parts = lines[0].split(' ')
+    if len(parts) != 3 or parts[2] != 'HTTP/1.1':
+        return None
+    target = parts[1]
+    query = target[len('/socket.io/?') :]
+    params = parse_qs(query)
+    if params.get('EIO') != ['4'] or params.get('transport') != ['websocket'] or 'sid' in params or 'j' in params:
+        return None
+    transport = protocol.transport
+    peer = transport.get_extra_info('peername')
+    environ: dict[str, Any] = {
+        'wsgi.input': slim.EMPTY_INPUT,
+        'wsgi.url_scheme': 'https' if transport.get_extra_info('sslcontext') else 'http',
+        'REQUEST_METHOD': 'GET',
+        'QUERY_STRING': query,
+        'RAW_URI': target,
+        'SERVER_PROTOCOL': 'HTTP/1.1',
+        'REMOTE_ADDR': peer[0] if isinstance(peer, tuple) and peer else '',
+        'REMOTE_PORT': str(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else '0',
+        'SERVER_NAME': 'sanic',
+        'SERVER_PORT': '0',
+        DIRECT_PROTOCOL: protocol,
+    }
+    for line in lines[1:]:
+        name, sep, value = line.partition(':')
+        if not sep or not name or name != name.strip():
+            return None
+        key = 'HTTP_' + name.upper().replace('-', '_')
+        value = value.strip()
+        environ[key] = f'{environ[key]},{value}' if key in environ else value
+    connection = {token.strip().lower() for token in environ.get('HTTP_CONNECTION', '').split(',')}
+    if environ.get('HTTP_UPGRADE', '').lower() != 'websocket' or 'upgrade' not in connection:
+        return None
+    if (
+        environ.get('HTTP_SEC_WEBSOCKET_VERSION') != '13'
+        or accept_key(environ.get('HTTP_SEC_WEBSOCKET_KEY', '')) is None
+    ):
+        return None  # the normal path answers it, with websockets' reason
+    if 'websocket' not in eio.transports or 'HTTP_CONTENT_LENGTH' in environ or 'HTTP_TRANSFER_ENCODING' in environ:
+        return None
+    origin = environ.get('HTTP_ORIGIN')
+    policy = eio.cors_allowed_origins
+    if origin and policy != [] and not (callable(policy) and policy(origin, environ)):
+        return None  # refused, or a policy this path does not know: the normal path answers it
+    return environ
+
+
 def _release_request(environ: dict[str, Any]) -> None:
     """Let the handshake's Sanic request (and its protocol) go: the environ keeps the peer address and the headers."""
     request = environ.pop('sanic.request', None)
@@ -437,11 +514,13 @@ class Hub:
     def __init__(self, sio: Any) -> None:
         self.sio = sio
         self.eio = sio.eio
+        self.direct = True  # handshakes answered without Sanic's request machinery (direct_handshake)
         self.responder: Any = None  # screenpath.ScreenResponder, when main:screen is answered in place
         self.gate: Any = getattr(sio, 'gate', None)  # protocol.Gate: each client packet counted where it arrives
         self.enabled = True
         self.upgrading: dict[str, LeanConnection] = {}  # eio sid -> its websocket while the upgrade is in progress
         self.receiving: set[asyncio.Task[None]] = set()  # the packets' tasks on the normal path
+        self._ending: collections.deque[Any] = collections.deque()  # sessions whose connection is gone, to end
         self._tasks: set[asyncio.Task[None]] = set()
         plain_start = self.eio.start_background_task
 
@@ -474,7 +553,13 @@ class Hub:
         if sock.closed or sock.closing or sock.upgraded or sock.upgrading:
             return False
         request = environ.get('sanic.request')
-        answered = self._switch(request) if request is not None else None
+        if request is not None:
+            answered = self._switch(request.transport, request.headers)
+        else:  # a handshake direct_handshake() took before Sanic parsed it
+            protocol = environ.get(DIRECT_PROTOCOL)
+            answered = (
+                self._switch(protocol.transport, _Headers(environ), direct=True) if protocol is not None else None
+            )
         if answered is None:
             return False
         transport, early, ip = answered
@@ -484,19 +569,20 @@ class Hub:
         contextvars.Context().run(self._attach, sock, transport, early, ip)
         return True
 
-    def _switch(self, request: Any) -> tuple[Any, bytes, str | None] | None:
+    def _switch(self, transport: Any, headers: Any, direct: bool = False) -> tuple[Any, bytes, str | None] | None:
         """Answer a websocket handshake (101) and take the connection from Sanic: (transport, bytes the client sent
-        after its handshake, the address its socket is counted under); None (nothing done) when it cannot."""
-        transport = getattr(request, 'transport', None)
+        after its handshake, the address its socket is counted under); None (nothing done) when it cannot.
+
+        :param direct: a handshake Sanic never parsed (direct_handshake): its connection task is ended here.
+        """
         if transport is None or transport.is_closing():
             return None
-        headers = request.headers
         accept = accept_key(headers.get('sec-websocket-key', ''))
         if accept is None or headers.get('sec-websocket-version') != '13':
             return None  # the driver (websockets) answers with the reason
         sanic_protocol = transport.get_protocol()
-        http = sanic_protocol._http
-        if http is None or sanic_protocol.transport is not transport:
+        http = getattr(sanic_protocol, '_http', None)
+        if (http is None and not direct) or sanic_protocol.transport is not transport:
             return None
         ip = getattr(sanic_protocol, 'counted_ip', None)  # httpproto.GuardedHttpProtocol counted this socket
         if ip is not None:
@@ -509,9 +595,47 @@ class Hub:
         )
         # Sanic ends this request as after any response, on a transport that is no longer the client's
         sanic_protocol.transport = _Detached()
-        http.keep_alive = False
+        if http is not None:
+            http.keep_alive = False
         sanic_protocol.connections.discard(sanic_protocol)
+        if direct and sanic_protocol._task is not None:
+            sanic_protocol._task.cancel()  # Sanic's task still waits for a request (or has not started): it ends
         return transport, early, ip
+
+    def direct_handshake(self, protocol: Any, data: bytes) -> bool:
+        """A new connection's first bytes: a plain websocket handshake (/socket.io/?EIO=4&transport=websocket, the
+        whole head in one read) is answered without Sanic's request machinery; False: Sanic takes it as any other.
+
+        It runs what the normal path runs from python-engineio on (its connect handlers, the limits, the upgrade),
+        from a task of its own; Sanic's HTTP parsing, routing and the response it writes nowhere are skipped (about a
+        third of a handshake's CPU in a connect storm: bench/README.md). Anything unusual goes the normal way.
+        """
+        if not self.enabled or not self.direct:
+            return False
+        environ = _direct_environ(protocol, data, self.eio)
+        if environ is None:
+            return False
+        task = asyncio.get_running_loop().create_task(self._direct_connect(protocol, environ))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _direct_connect(self, protocol: Any, environ: dict[str, Any]) -> None:
+        transport = protocol.transport
+        try:
+            answer = await self.eio._handle_connect(environ, 'websocket')
+        except Exception:  # as the normal path: log it; the client sees its connection close
+            logger.exception('websocket handshake failed unexpectedly')
+            answer = self.eio._bad_request()
+        if not isinstance(answer, dict) or transport.get_protocol() is not protocol or transport.is_closing():
+            return  # taken over (or gone): nothing more to write
+        code = int(str(answer['status']).split(' ', 1)[0])
+        headers, body = answer.get('headers', []), answer.get('response', b'')
+        head = f'HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\n'  # as Sanic words it
+        head += ''.join(f'{name}: {value}\r\n' for name, value in headers)
+        head += f'Content-Length: {len(body)}\r\nConnection: close\r\n\r\n'
+        transport.write(head.encode('latin-1') + body)  # refused (over a limit): its answer, then the end
+        transport.close()
 
     def accept_and_close(self, request: Any) -> bool:
         """A websocket for a session that is upgraded already: accept it (101), then close it, as Node's engine.io
@@ -519,7 +643,7 @@ class Hub:
         if not self.enabled:
             return False
         try:
-            answered = self._switch(request)
+            answered = self._switch(request.transport, request.headers)
         except AttributeError:
             return False
         if answered is None:
@@ -586,15 +710,21 @@ class Hub:
         if sock.closed:
             self._forget(sock)
             return
-        task = asyncio.get_running_loop().create_task(self._end(sock))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._ending.append(sock)
+        if len(self._ending) == 1:  # one task ends every session gone in this turn (a mass disconnect: 10,000)
+            task = asyncio.get_running_loop().create_task(self._end_all())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _end(self, sock: Any) -> None:
-        try:
-            await sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
-        finally:
-            self._forget(sock)
+    async def _end_all(self) -> None:
+        while self._ending:
+            sock = self._ending.popleft()
+            try:
+                await sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
+            except Exception:  # as python-engineio: log it; the next session still ends
+                logger.exception('ending session %s failed', sock.sid)
+            finally:
+                self._forget(sock)
 
     def _forget(self, sock: Any) -> None:
         if self.eio.sockets.get(sock.sid) is sock:

@@ -111,6 +111,12 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._send_packet(eio_sid, error)
             return
         await super()._handle_connect(eio_sid, namespace, data)
+        # the CONNECT packet is out: what the namespace sends a new client now follows it (no task for it)
+        after = getattr(self.namespace_handlers.get(namespace), 'after_connect', None)
+        if after is not None:
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None and self.manager.is_connected(sid, namespace):
+                await after(sid)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         try:

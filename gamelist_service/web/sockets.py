@@ -29,6 +29,7 @@ logger = logging.getLogger('gamelist_service.web.sockets')
 DEVICE_INFO_SCHEMA = 'device_info.schema.json'
 DEVICE_INFO_MAX_BYTES = 4096
 DEFAULT_TRANSPORTS = ('polling', 'websocket')
+CATCH_UP_REUSE_S = 1.0  # how long the envelope of the list sent on connect is reused
 
 COMPUTED_FIELDS = frozenset(('updated_at', 'cache_duration', 'total_games', 'active_games', 'total_players', 'version'))
 INVALID_PRODUCER_TOKEN = 'invalid producer token'
@@ -55,6 +56,8 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.users: dict[str, str] = {}  # sid -> the user its JWT names (auth mode jwt)
         self.producers: set[str] = set()  # sids that may send game_list:updated
         self._expiry: dict[str, asyncio.TimerHandle] = {}  # sid -> the end of its JWT's validity
+        self._catch_up: tuple[dict[str, Any], str, float, dict[str, Any]] | None = None
+        self._catch_ups: dict[str, int | None] = {}  # sid -> its since, for after_connect
         self._tasks: set[asyncio.Task[None]] = set()
         self._device_validator = jsonschema.Draft202012Validator(schema(DEVICE_INFO_SCHEMA))
         self._known_device_fields = frozenset(schema(DEVICE_INFO_SCHEMA)['properties'])
@@ -128,11 +131,13 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         since = auth.get('since') if isinstance(auth, dict) else None
         logger.debug('client %s connected to %s (%d clients)', sid, self.namespace, len(self.clients))
         if self.settings.send_list_on_connect or (isinstance(since, int) and not isinstance(since, bool)):
-            # after this handler returns, so the list follows the CONNECT packet
-            task = asyncio.get_running_loop().create_task(self._send_current(sid, since))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._catch_ups[sid] = since  # sent by after_connect, once the CONNECT packet is out
         return True
+
+    async def after_connect(self, sid: str) -> None:
+        """Right after the CONNECT packet went out (transport.GamelistServer calls it): the list, if it is due."""
+        if sid in self._catch_ups:
+            await self._send_current(sid, self._catch_ups.pop(sid))
 
     def _producer(self, sid: str, auth: Any, claims: dict[str, Any]) -> bool:
         """Whether this client may send game_list:updated; a wrong producer token refuses the connect."""
@@ -176,6 +181,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             metrics.CONNECTED_CLIENTS.labels(self.namespace).dec()
         self.users.pop(sid, None)
         self.producers.discard(sid)
+        self._catch_ups.pop(sid, None)
         expiry = self._expiry.pop(sid, None)
         if expiry is not None:
             expiry.cancel()
@@ -190,9 +196,18 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 return  # nothing to send: no producer has sent a list lately
             if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
                 return
-            await self.emit(lst.event, envelope(data, lst.event), to=sid)
+            await self.emit(lst.event, self._catch_up_envelope(data, lst.event), to=sid)
         except Exception as exc:  # noqa: BLE001 - a background task: log, never raise into the loop
             logger.error('could not send the current list to %s on %s: %s', sid, self.namespace, exc)
+
+    def _catch_up_envelope(self, data: dict[str, Any], event: str) -> dict[str, Any]:
+        """The envelope of the list sent on connect: one object per list version and second, so that a reconnect
+        storm of 10,000 clients encodes it once a second, not 10,000 times (the timestamp says when it was made)."""
+        held = self._catch_up
+        now = time.monotonic()
+        if held is None or held[0] is not data or held[1] != event or now - held[2] >= CATCH_UP_REUSE_S:
+            held = self._catch_up = (data, event, now, envelope(data, event))
+        return held[3]
 
     async def on_main_screen(self, sid: str, *args: Any) -> dict[str, Any] | None:
         try:
