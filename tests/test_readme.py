@@ -11,6 +11,7 @@ from gamelist_service.config.loader import schema
 from .helpers import ROOT
 
 README = ROOT / 'README.md'
+REFERENCE = ROOT / 'docs' / 'configuration.md'  # the configuration reference
 
 
 def _resolve(node: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, 
 
 
 def readme_reference() -> set[str]:
-    text = README.read_text()
+    text = REFERENCE.read_text()
     section = text.split('## Configuration reference', 1)[1].split('\n## ', 1)[0]
     return set(re.findall(r'^\| `([^`]+)` \|', section, flags=re.MULTILINE))
 
@@ -63,7 +64,7 @@ def test_every_schema_key_is_in_the_readme_and_nothing_else() -> None:
 
 
 def test_readme_defaults_match_the_schema() -> None:
-    text = README.read_text()
+    text = REFERENCE.read_text()
     for path, node in schema_keys():
         if 'default' in node:
             row = re.search(rf'^\| `{re.escape(path)}` \|([^\n]*)$', text, flags=re.MULTILINE)

@@ -179,7 +179,10 @@ def test_redis_down_is_a_clear_error_never_a_silent_drop() -> None:
             down.send_game_list_update_notification({'gamelist': []})
         assert down.test_redis_connection() is False
         ((step, passed, detail),) = down.check_redis()
-        assert (step, passed) == ('redis', False) and f'Redis at redis://127.0.0.1:{port}/0 failed to answer PING' in detail
+        assert (step, passed) == (
+            'redis',
+            False,
+        ) and f'Redis at redis://127.0.0.1:{port}/0 failed to answer PING' in detail
         failures: list[Any] = []
         assert down.continuous_updates(0.05, max_updates=2, on_update=lambda n, r: failures.append(r)) == 0
         assert len(failures) == 2 and all(isinstance(f, StoreError) for f in failures)

@@ -5,11 +5,14 @@ feed, byte by byte or split anywhere, with fragmented messages reassembled aroun
 frame RFC 6455 forbids a client to send is refused with its close code (1002 protocol error, 1007 invalid close reason,
 1009 too big, the latter as soon as the frame header announces it), close payloads are parsed as websockets parses
 them, nothing comes out of a reader after a CLOSE frame, and a hypothesis property checks random fragmented message
-streams cut at random points.
+streams cut at random points. Last, the limits on what a client can make a reader hold and do: at most MAX_FRAGMENTS
+frames in a message (1009 beyond, from the header of the frame over the cap), and a large frame arriving in small
+reads appended to one buffer and parsed once it is whole (counted, not timed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -660,15 +663,66 @@ def fragmented(count: int) -> bytes:
 
 
 def test_a_message_in_at_most_max_fragments_frames_is_accepted() -> None:
-    assert FrameReader(1 << 20).feed(fragmented(wsframe.MAX_FRAGMENTS)) == [(TEXT, b'az')]
+    assert FrameReader(BIG).feed(fragmented(wsframe.MAX_FRAGMENTS)) == [(TEXT, b'az')]
 
 
 def test_a_message_in_more_fragments_is_refused_before_all_of_it_is_held() -> None:
-    reader = FrameReader(1 << 20)
-    with pytest.raises(FrameError) as refused:
+    """L1: 1,000,000 empty continuations would all be held; the frame over the cap is refused, the rest never read."""
+    reader = FrameReader(BIG)
+    with pytest.raises(FrameError) as info:
         reader.feed(fragmented(wsframe.MAX_FRAGMENTS + 1))
-    assert refused.value.code == wsframe.TOO_BIG and 'more than 1024 fragments' in refused.value.reason
-    assert reader._fragments is not None and len(reader._fragments) == wsframe.MAX_FRAGMENTS
+    assert info.value.code == wsframe.TOO_BIG == 1009
+    assert info.value.reason == f'message in more than {wsframe.MAX_FRAGMENTS} fragments'
+    assert reader._fragments is not None
+    assert len(reader._fragments) == wsframe.MAX_FRAGMENTS
+
+
+def test_the_fragment_over_the_cap_is_refused_from_its_header() -> None:
+    reader = FrameReader(BIG)
+    data = fragmented(wsframe.MAX_FRAGMENTS + 1)
+    last = raw_frame(0x80, b'z')
+    assert reader.feed(data[: -len(last)]) == []  # MAX_FRAGMENTS frames held, none of them the last
+    assert reader.feed(last[:1]) == []
+    with pytest.raises(FrameError) as info:
+        reader.feed(last[1:2])  # its mask and payload were not sent
+    assert info.value.code == 1009
+    # a continuation too long for max_size as well is refused for its size, as before
+    with pytest.raises(FrameError) as info:
+        FrameReader(100).feed(fragmented(wsframe.MAX_FRAGMENTS)[: -len(last)] + raw_frame(0x80, b'z' * 200)[:4])
+    assert info.value.reason == 'message over 100 bytes'
+
+
+def test_max_fragments_is_a_reader_argument_and_control_frames_between_do_not_count() -> None:
+    three = raw_frame(0x01, b'a') + client_frame(PING, b'') + raw_frame(0x00, b'') + raw_frame(0x80, b'z')
+    assert FrameReader(BIG, 3).feed(three) == [(PING, b''), (TEXT, b'az')]
+    assert FrameReader(BIG, max_fragments=3).feed(three) == [(PING, b''), (TEXT, b'az')]
+    four = raw_frame(0x01, b'a') + raw_frame(0x00, b'') + raw_frame(0x00, b'b') + client_frame(PING, b'')
+    four += raw_frame(0x80, b'z')
+    reader = FrameReader(BIG, max_fragments=3)
+    with pytest.raises(FrameError) as info:
+        reader.feed(four)
+    assert (info.value.code, info.value.reason) == (1009, 'message in more than 3 fragments')
+    # the cap is per message: the next one starts counting afresh
+    reader = FrameReader(BIG, max_fragments=3)
+    assert reader.feed(three + three) == [(PING, b''), (TEXT, b'az')] * 2
+    assert reader.max_fragments == 3
+    assert FrameReader(BIG).max_fragments == wsframe.MAX_FRAGMENTS == 1024
+
+
+def test_a_kept_frame_error_does_not_lock_the_buffer() -> None:
+    """The caller may keep a FrameError (its traceback holds feed's frame): the view on the buffer was released, so
+    a later feed appends to the buffer instead of failing with BufferError."""
+    reader = FrameReader(BIG)
+    data = client_frame(BINARY, b'x' * 100)
+    assert reader.feed(data[:50]) == []
+    with pytest.raises(FrameError) as kept:
+        reader.feed(data[50:] + frame(TEXT, b'unmasked'))
+    assert kept.value.code == 1002
+    assert kept.value.__traceback__ is not None
+    # what a reader does after a FrameError is not specified (the connection closes), but it is not BufferError
+    # ('Existing exports of data: object cannot be re-sized')
+    with contextlib.suppress(FrameError):
+        reader.feed(b'more')
 
 
 class CountingReader(FrameReader):
@@ -686,15 +740,33 @@ class CountingReader(FrameReader):
 
 
 def parses_for(size: int, read: int) -> int:
+    """Feeds one frame of size bytes in reads of read bytes; the headers parsed. Between the first read and the last,
+    each read must be appended to one buffer, in place (a bytearray grows in amortised O(read)): no copy of what
+    arrived before, which is what made the old reader O(size^2)."""
     payload = bytes(range(256)) * (size // 256)
     data = raw_frame(0x82, payload)  # BINARY, FIN
+    chunks = [data[i : i + read] for i in range(0, len(data), read)]
     reader = CountingReader(size)
-    out = feed_all(reader, [data[i : i + read] for i in range(0, len(data), read)])
-    assert out == [(BINARY, payload)]
+    assert reader.feed(chunks[0]) == []
+    buffer = reader._buffer
+    received = len(chunks[0])
+    for chunk in chunks[1:-1]:
+        assert reader.feed(chunk) == []
+        received += len(chunk)
+        assert reader._buffer is buffer
+        assert len(buffer) == received
+    assert reader.feed(chunks[-1]) == [(BINARY, payload)]
+    assert reader._buffer == b''
     return reader.parses
 
 
 def test_a_large_frame_in_small_reads_is_parsed_once_it_is_whole() -> None:
     """L2: linear in its size. The work per read is an append; the frame's header is parsed when it arrives and when
     the frame is whole, however many reads it takes (4x the size, the same count)."""
-    assert parses_for(1 << 18, 1000) == parses_for(1 << 20, 1000) <= 3
+    assert parses_for(1 << 18, 1000) == parses_for(1 << 20, 1000) == 2
+
+
+def test_a_frame_header_in_one_byte_reads_is_parsed_once_per_read_until_it_is_whole() -> None:
+    # until the header is whole the reader cannot know how much it needs: each read parses at most 10 bytes again,
+    # then nothing until the frame is whole (a 64-bit length: a parse for each of the 2nd to the 10th byte, then one)
+    assert parses_for(1 << 16, 1) == 9 + 1

@@ -47,8 +47,9 @@ async def check_redis(url: str, *, pings: int = 20, timeout_s: float = 3.0) -> l
         await store.redis.delete(key)
         info = await store.server_info()
         version = str(info.get('redis_version', '?'))
-        detail = f'redis {version} ({info.get("redis_mode", "?")} mode)'
-        warning = version_warning(version, None)
+        binary = str(info['executable']) if info.get('executable') else None  # a managed Redis may not say
+        detail = f'redis {version} ({info.get("redis_mode", "?")} mode), {binary or "binary not reported"}'
+        warning = version_warning(version, binary)
         steps.append(Step('version', True, f'{detail}; WARNING: {warning}' if warning else detail))
         if pings:
             samples = [await store.ping() * 1000 for _ in range(pings)]

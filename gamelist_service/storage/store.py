@@ -36,6 +36,8 @@ SCHEDULE_KEY_PREFIX = 'gamelist:schedule:'  # hash per schedule: def (its defini
 # highest version and two writers can never leave an older list behind a newer version number.
 # With a third key (the leader key) and a fourth argument (the lease value), the write is fenced: a process
 # that lost its lease (paused, partitioned) cannot write any more; it gets -1 and nothing changes.
+# The STRLEN after the SET is a second use of the new key: under the embedded Redis's volatile-lfu policy a list
+# then ranks above keys written once (a flood of user: keys), which are evicted first.
 _WRITE_LIST_LUA = """
 if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[4] then
   return -1
@@ -47,6 +49,7 @@ if ARGV[3] == 'ms' then
 else
   redis.call('SET', KEYS[1], body, 'EX', ARGV[2])
 end
+redis.call('STRLEN', KEYS[1])
 return version
 """
 

@@ -94,6 +94,8 @@ class FrameReader:
     feed() returns (opcode, payload) for each complete TEXT or BINARY message (fragments joined; the payload is
     bytes, not yet decoded) and for each CLOSE, PING and PONG frame, in order. It raises FrameError for a frame the
     protocol forbids; the caller closes the connection with its code. Nothing is returned after a CLOSE frame.
+    max_size bounds a message's bytes, max_fragments the data frames it comes in (control frames between them do not
+    count); a frame that would exceed either is refused with TOO_BIG from its header.
     """
 
     __slots__ = ('_buffer', '_fragments', '_need', '_opcode', '_size', 'closed', 'max_fragments', 'max_size')
@@ -126,28 +128,32 @@ class FrameReader:
         total = len(buffer)
         pos = 0
         need = 0
-        while total - pos >= 2:
-            header = self._header(buffer, pos, total)
-            if header is None:
-                break
-            opcode, fin, size, head = header
-            end = pos + head + 4 + size
-            if end > total:
-                need = end - pos
-                break
-            mask = bytes(view[pos + head : pos + head + 4])
-            payload = apply_mask(bytes(view[pos + head + 4 : end]), mask)
-            pos = end
-            if opcode in CONTROL_OPCODES:
-                out.append((opcode, payload))
-                if opcode == CLOSE:
-                    self.closed = True
+        try:
+            while total - pos >= 2:
+                header = self._header(buffer, pos, total)
+                if header is None:
                     break
-            else:
-                message = self._data(opcode, fin, payload)
-                if message is not None:
-                    out.append(message)
-        view.release()
+                opcode, fin, size, head = header
+                end = pos + head + 4 + size
+                if end > total:
+                    need = end - pos
+                    break
+                mask = bytes(view[pos + head : pos + head + 4])
+                payload = apply_mask(bytes(view[pos + head + 4 : end]), mask)
+                pos = end
+                if opcode in CONTROL_OPCODES:
+                    out.append((opcode, payload))
+                    if opcode == CLOSE:
+                        self.closed = True
+                        break
+                else:
+                    message = self._data(opcode, fin, payload)
+                    if message is not None:
+                        out.append(message)
+        finally:
+            # also on FrameError: an exported bytearray cannot be resized, and the caller may keep the exception
+            # (its traceback holds this frame, and the view with it)
+            view.release()
         if buffer is pending:
             del pending[:pos]  # what was parsed; CPython drops a bytearray's head without moving the rest
         elif pos < total:
@@ -181,7 +187,13 @@ class FrameReader:
                 raise FrameError(PROTOCOL_ERROR, 'fragmented or long control frame')
         elif opcode not in DATA_OPCODES:
             raise FrameError(PROTOCOL_ERROR, f'unknown opcode {opcode}')
-        elif size > self.max_size or (opcode == CONTINUATION and self._size + size > self.max_size):
+        elif opcode == CONTINUATION:  # refused from its header: neither its mask nor its payload is waited for
+            if self._size + size > self.max_size:
+                raise FrameError(TOO_BIG, f'message over {self.max_size} bytes')
+            fragments = self._fragments
+            if fragments is not None and len(fragments) >= self.max_fragments:
+                raise FrameError(TOO_BIG, f'message in more than {self.max_fragments} fragments')
+        elif size > self.max_size:
             raise FrameError(TOO_BIG, f'message over {self.max_size} bytes')
         return opcode, fin, size, head
 
@@ -189,8 +201,6 @@ class FrameReader:
         if opcode == CONTINUATION:
             if self._fragments is None:
                 raise FrameError(PROTOCOL_ERROR, 'continuation frame without a message')
-            if len(self._fragments) >= self.max_fragments:
-                raise FrameError(TOO_BIG, f'message in more than {self.max_fragments} fragments')
             self._fragments.append(payload)
             self._size += len(payload)
             if not fin:
