@@ -103,7 +103,38 @@ def gone(pid: int, proc: subprocess.Popen[Any], deadline_s: float) -> float | No
     return None
 
 
-def one_run(name: str, n: int, args: argparse.Namespace, r: redis.Redis, workdir: Path) -> dict[str, Any]:
+class Profile:
+    """py-spy recording a Python server (every process of it) during one step, with --profile DIR."""
+
+    def __init__(self, args: argparse.Namespace, spec: Any, pid: int, label: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if args.profile and spec.kind == 'py':
+            args.profile.mkdir(parents=True, exist_ok=True)
+            out = args.profile / f'{label}.txt'
+            command = [
+                str(Path(sys.executable).parent / 'py-spy'),
+                'record',
+                '--pid',
+                str(pid),
+                '--subprocesses',
+                '--rate',
+                '250',
+                '--format',
+                'raw',
+            ]
+            self.proc = subprocess.Popen(
+                [*command, '--output', str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)  # attached before the step starts
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+
+
+def one_run(name: str, n: int, args: argparse.Namespace, r: redis.Redis, workdir: Path, rep: int = 0) -> dict[str, Any]:
     spec = SPECS[name]
     figures: dict[str, Any] = {'server': name, 'n': n}
     version = write_and_publish(r)
@@ -112,27 +143,33 @@ def one_run(name: str, n: int, args: argparse.Namespace, r: redis.Redis, workdir
     gen = StormGen(port, n, args.rate, args.inflight, args.deadline)
     try:
         time.sleep(1.0)
+        prof = Profile(args, spec, proc.pid, f'{name}-{n}-{rep}-connect')
         cpu0 = cpu_s(proc.pid)
         gen.command('connect')
         joined = gen.read('joined', args.deadline + 30)
         joined['cpu_s'] = cpu_s(proc.pid) - cpu0
+        prof.stop()
         figures['connect'] = joined
         log(
             f'{name} N={n}: connect storm: {joined["joined"]} joined in {joined["seconds"]:.2f}s, server CPU {joined["cpu_s"]:.2f}s'
         )
         time.sleep(args.settle)
 
+        prof = Profile(args, spec, proc.pid, f'{name}-{n}-{rep}-disconnect')
         gen.command('drop')
         gen.read('dropped', 30)
         cpu, wall = until_idle(proc.pid, 120)
+        prof.stop()
         figures['disconnect'] = {'cpu_s': cpu, 'wall_s': wall}
         log(f'{name} N={n}: mass disconnect: {cpu:.2f}s of CPU, idle after {wall:.2f}s')
 
         write_and_publish(r)  # the list moved on while they were away
+        prof = Profile(args, spec, proc.pid, f'{name}-{n}-{rep}-reconnect')
         before, cpu0 = gets(r), cpu_s(proc.pid)
         gen.command(f'connect {version}')
         again = gen.read('joined', args.deadline + 30)
         again['cpu_s'] = cpu_s(proc.pid) - cpu0
+        prof.stop()
         again['redis_gets'] = gets(r) - before
         figures['reconnect'] = again
         log(f'{name} N={n}: reconnect storm: {again["joined"]} joined in {again["seconds"]:.2f}s, '
@@ -263,6 +300,9 @@ def main() -> int:
     parser.add_argument('--deadline', type=float, default=30.0, help='seconds a storm may take')
     parser.add_argument('--settle', type=float, default=2.0)
     parser.add_argument('--out', type=Path, default=None, help='default bench/STORMS.md (smoke: a temp file)')
+    parser.add_argument(
+        '--profile', type=Path, default=None, help='py-spy each step of the Python servers; raw stacks here'
+    )
     parser.add_argument('--smoke', action='store_true', help='N=200, 1 run, two servers: the scenario works')
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -296,7 +336,7 @@ def main() -> int:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.server}
                 for rep in range(args.repeats):
                     for name in args.server if rep % 2 == 0 else list(reversed(args.server)):
-                        figures = one_run(name, n, args, r, workdir)
+                        figures = one_run(name, n, args, r, workdir, rep)
                         runs[name].append(figures)
                         raw.append(figures)
                 results[n] = {name: row(rs) for name, rs in runs.items()}

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config.loader import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, schema_text, summary
+from .config.loader import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, summary
 from .config.reload import Launch
+from .config.schema import schema_text
 from .config.settings import Settings
 from .errors import GamelistError
 from .logs import setup_logging

@@ -54,6 +54,31 @@ CONFIG_HASH = Gauge(
     'gamelist_config_info', 'The configuration in use (1 for its SHA-256)', ['sha256'], multiprocess_mode='livemax'
 )
 RELOAD_SUCCESS.set(1)  # every process starts on a configuration that validated (the main one included)
+SCREEN_REQUESTS = Counter(
+    'gamelist_screen_requests',
+    'main:screen requests, per path: answered from memory where they arrive (direct) or by the handler (handler)',
+    ['path'],
+)
+FANOUT_WRITES = Counter(
+    'gamelist_fanout_writes',
+    'Frames of broadcasts and catch-up lists handed to sockets, per path: written directly (fast) or through '
+    "python-socketio's own path (plain)",
+    ['path'],
+)
+LIST_CACHE = Counter(
+    'gamelist_list_cache_lookups',
+    'Lookups of the in-memory copy of a list, per result: hit, or miss (then it is read from Redis, once for all waiting)',
+    ['result'],
+)
+HANDOFFS = Counter(
+    'gamelist_worker_handoffs',
+    'Connections carrying a request of a session another worker holds, per direction: handed to that worker '
+    '(handed) or taken over from another (adopted)',
+    ['direction'],
+)
+EMBEDDED_RESTARTS = Counter(
+    'gamelist_embedded_redis_restarts', 'Times the embedded redis-server was restarted after it died'
+)
 LEADER = Gauge(
     'gamelist_scheduler_leader',
     'Processes of this instance that hold the scheduler lease (0 or 1)',

@@ -149,6 +149,9 @@ class Serve:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # its own process group: Sanic's worker manager, when it gives up on a shutdown, SIGKILLs the
+                # process group of its workers (os.killpg), which would otherwise be pytest's
+                start_new_session=True,
             )
         Serve.started.append(self)
         if wait_ready:

@@ -15,7 +15,8 @@ import pytest
 import redis
 from sanic import Sanic
 
-from gamelist_service.config.loader import load_settings, schema
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.schema import schema
 from gamelist_service.web.app import create_app
 from gamelist_service.web.lists_api import openapi_document
 

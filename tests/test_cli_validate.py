@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gamelist_service.cli import main
-from gamelist_service.config.loader import schema
+from gamelist_service.config.schema import schema
 
 from .helpers import ROOT, SHIPPED_CONFIG, shipped_data, write_config
 

@@ -17,12 +17,23 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from gamelist_service.config.reload import Launch
 from gamelist_service.errors import FencedError
 from gamelist_service.storage.instances import running
 from gamelist_service.storage.store import LEADER_KEY, Store
 
 from .conftest import cli_command, free_port
-from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
+from .helpers import (
+    ADMIN_ENV,
+    ADMIN_TOKEN,
+    Recorder,
+    Serve,
+    async_wait_until,
+    http_get,
+    shipped_data,
+    wait_until,
+    write_config,
+)
 from .helpers import ready as ready_of
 
 
@@ -260,23 +271,26 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
         assert metric(text, 'gamelist_connected_clients', '{namespace="/"}') == 16
         assert metric(text, 'gamelist_scheduler_leader') == 1
         assert metric(text, 'gamelist_schedule_runs_total', '{result="success",schedule="refresh-current"}') == 6
-        # polling needs sticky sessions: with several workers the default is websocket only
-        refused = Recorder(serve.url, 'polling')
-        with pytest.raises(Exception):  # noqa: B017 - socketio raises its ConnectionError
-            await refused.connect()
+        # polling works with several workers too (transport/handoff.py; tests/test_workers_polling.py)
+        polling = await Recorder(serve.url, 'polling').connect()
+        clients.append(polling)
+        assert (await polling.call('main:screen'))['data'] == (await clients[0].call('main:screen'))['data']
     finally:
         for client in clients:
             await client.close()
         assert serve.stop() == 0
 
 
-def test_polling_with_several_workers_is_refused_without_sticky_sessions(tmp_path: Path) -> None:
+def test_polling_asked_for_with_several_workers_is_kept_without_sticky_sessions(tmp_path: Path) -> None:
+    """Polling with several workers no longer needs sticky sessions (transport/handoff.py): the file's transports are
+    kept, and not giving them means both."""
     data = shipped_data(admin=True)
     data['server']['transports'] = ['polling', 'websocket']
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--workers', '2')
-    serve.start(wait_ready=False)
-    assert serve.process is not None and serve.process.wait(20) == 1
-    assert 'polling with --workers 2 needs sticky sessions' in serve.log()
+    config = write_config(tmp_path / 'games.yaml', data)
+    assert Launch(config, {ADMIN_ENV: ADMIN_TOKEN}, workers=2).load().server.transports == ('polling', 'websocket')
+    del data['server']['transports']
+    config = write_config(tmp_path / 'games.yaml', data)
+    assert Launch(config, {ADMIN_ENV: ADMIN_TOKEN}, workers=2).load().server.transports == ('polling', 'websocket')
 
 
 # -- instances -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gamelist_service.config.loader import load_settings, schema, schema_text
+from gamelist_service.config.loader import load_settings
+from gamelist_service.config.schema import schema, schema_text
 from gamelist_service.config.settings import PlayerCounts, Settings
 from gamelist_service.errors import ConfigError, GamelistError
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from gamelist_service.config.loader import schema
+from gamelist_service.config.schema import schema
 
 from .helpers import ROOT
 

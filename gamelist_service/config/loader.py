@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,11 @@ from ..errors import ConfigError
 from ..storage.store import redact_url
 from ..web.auth import key_problem
 from .durations import parse_duration
+from .schema import (
+    defaults,
+    schema,
+    schema_text,  # noqa: F401 - re-exported for the tests, until they import .schema
+)
 from .settings import (
     AuthSettings,
     GameTemplate,
@@ -41,21 +43,8 @@ DEFAULT_CONFIG_PATH = Path('config/games.yaml')
 ENV_REDIS_URL = 'GAMELIST_REDIS_URL'
 ENV_PORT = 'GAMELIST_PORT'
 ENV_STATE_DIR = 'GAMELIST_STATE_DIR'
-SCHEMA_FILE = 'games.schema.json'
 MIN_SECRET_BYTES = 16  # shared secrets (namespace tokens, the admin token) shorter than this are refused
 _REDIS_URL_KINDS = 'embedded, redis://, rediss://, redis+sentinel:// or unix://'
-
-
-@cache
-def schema_text(name: str = SCHEMA_FILE) -> str:
-    """A JSON Schema as shipped inside the package (gamelist_service/schemas): the configuration file's by default."""
-    return resources.files('gamelist_service').joinpath('schemas').joinpath(name).read_text(encoding='utf-8')
-
-
-@cache
-def schema(name: str = SCHEMA_FILE) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(schema_text(name))
-    return loaded
 
 
 def _validator() -> jsonschema.Draft202012Validator:
@@ -161,7 +150,7 @@ def _one_game_problems(doc: Document, i: int, game: dict[str, Any], game_ids: se
         low, high = players['active']
         if low > high:
             yield _at(doc, ('games', i, 'players', 'active'), f'range minimum {low} is greater than its maximum {high}')
-        ratio = players.get('live_ratio', [0.3, 0.8])
+        ratio = (defaults('$defs', 'players', 'else') | players)['live_ratio']
         if ratio[0] > ratio[1]:
             yield _at(
                 doc,
@@ -303,7 +292,7 @@ def _auth_problems(doc: Document, env: Mapping[str, str]) -> Iterator[Problem]:
             if not key:
                 yield _at(doc, path, _unset(name, f'{what} of namespace {ns}'))
                 continue
-            problem = key_problem(tuple(jwt_conf.get('algorithms', ['HS256'])), key, key_field)
+            problem = key_problem(tuple((defaults('$defs', 'jwt') | jwt_conf)['algorithms']), key, key_field)
             if problem:
                 yield _at(doc, path, f'{name} {problem}' if problem.startswith(('does', 'is')) else problem)
 
@@ -394,23 +383,15 @@ def summary(settings: Settings) -> str:
     )
 
 
-def _defaults(*section: str) -> dict[str, Any]:
-    """The schema's defaults of one section, e.g. _defaults('redis', 'embedded')."""
-    node = schema()
-    for name in section:
-        node = node['properties'][name]
-    return {key: value['default'] for key, value in node['properties'].items() if 'default' in value}
-
-
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(':')
     return host.strip('[]'), int(port)
 
 
 def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings:
-    server = _defaults('server') | data.get('server', {})
-    redis = _defaults('redis') | data['redis']
-    embedded = _defaults('redis', 'embedded') | redis.get('embedded', {})
+    server = defaults('server') | data.get('server', {})
+    redis = defaults('redis') | data['redis']
+    embedded = defaults('redis', 'embedded') | redis.get('embedded', {})
     now = datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
     games = tuple(_game(game, now) for game in data['games'])
     all_ids = tuple(game.id for game in games)
@@ -420,20 +401,22 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             key=lst['key'],
             ttl_s=parse_duration(lst['ttl']),
             games=all_ids if lst.get('games') == 'all' else tuple(lst.get('games', ())),
-            event=lst.get('event', 'game_list:updated'),
+            event=lst['event'],
             namespaces=tuple(lst['namespaces']),
-            fed_by=lst.get('fed_by', 'templates'),
+            fed_by=lst['fed_by'],
         )
-        for name, lst in data['lists'].items()
+        for name, lst in ((name, defaults('$defs', 'list') | given) for name, given in data['lists'].items())
     )
     namespaces = tuple(
         NamespaceSettings(
             name=name,
-            list=(conf or {}).get('list') or next(lst.name for lst in lists if name in lst.namespaces),
-            send_list_on_connect=bool((conf or {}).get('send_list_on_connect', False)),
-            auth=_auth((conf or {}).get('auth') or {}, env),
+            list=conf.get('list') or next(lst.name for lst in lists if name in lst.namespaces),
+            send_list_on_connect=conf['send_list_on_connect'],
+            auth=_auth(conf.get('auth') or {}, env),
         )
-        for name, conf in data['namespaces'].items()
+        for name, conf in (
+            (name, defaults('$defs', 'namespace') | (given or {})) for name, given in data['namespaces'].items()
+        )
     )
     schedules = tuple(
         ScheduleSettings(
@@ -442,10 +425,10 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
             interval_s=parse_duration(sched['every']) if 'every' in sched else None,
             cron=sched.get('cron'),
             max_runs=sched.get('max_runs'),
-            jitter_s=parse_duration(sched.get('jitter', 0)),
-            run_at_start=sched.get('run_at_start', 'cron' not in sched),
+            jitter_s=parse_duration(sched['jitter']),
+            run_at_start=sched.get('run_at_start', 'cron' not in sched),  # its default depends on the kind
         )
-        for sched in data['schedules']
+        for sched in (defaults('$defs', 'schedule') | given for given in data['schedules'])
     )
     return Settings(
         source=path,
@@ -480,8 +463,8 @@ def _build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings
         games=games,
         lists=lists,
         schedules=schedules,
-        leader_lease_s=parse_duration(data.get('leader', {}).get('lease', '5s')),
-        limits=_limits(_defaults('limits') | data.get('limits', {})),
+        leader_lease_s=parse_duration((defaults('leader') | data.get('leader', {}))['lease']),
+        limits=_limits(defaults('limits') | data.get('limits', {})),
         producers=_producers(data.get('producers') or {}, env),
     )
 
@@ -510,16 +493,16 @@ def _auth(auth: dict[str, Any], env: Mapping[str, str]) -> AuthSettings:
     if auth.get('mode') == 'token':
         return AuthSettings('token', token_env=auth['token_env'], token=env.get(auth['token_env'], ''))
     if auth.get('mode') == 'jwt':
-        conf = auth['jwt']
+        conf = defaults('$defs', 'jwt') | auth['jwt']
         key_env = conf.get('secret_env') or conf['public_key_env']
         jwt = JwtSettings(
             issuer=conf['issuer'],
             audience=conf['audience'],
-            algorithms=tuple(conf.get('algorithms', ['HS256'])),
-            leeway_s=parse_duration(conf.get('leeway', 0)),
+            algorithms=tuple(conf['algorithms']),
+            leeway_s=parse_duration(conf['leeway']),
             key_env=key_env,
             key=env.get(key_env, ''),
-            user_claim=conf.get('user_claim', 'sub'),
+            user_claim=conf['user_claim'],
         )
         return AuthSettings('jwt', jwt=jwt)
     return AuthSettings()
@@ -530,7 +513,7 @@ def _game(game: dict[str, Any], now: str) -> GameTemplate:
     if players['mode'] == 'fixed':
         counts = PlayerCounts('fixed', players['active'], players['active'], live_fixed=players['live'])
     else:
-        ratio = players.get('live_ratio', [0.3, 0.8])
+        ratio = (defaults('$defs', 'players', 'else') | players)['live_ratio']
         counts = PlayerCounts('simulated', players['active'][0], players['active'][1], ratio[0], ratio[1])
     return GameTemplate(
         id=game['id'],

@@ -79,21 +79,13 @@ class Launch:
     log_format: str = 'text'
 
     def load(self) -> Settings:
-        """The settings serve runs with: the file, the overrides, and the transports the worker count allows."""
+        """The settings serve runs with: the file and the command-line overrides."""
         settings = load_settings(self.config, {**os.environ, **self.env})
         server = settings.server
         if self.host:
             server = dataclasses.replace(server, host=self.host)
-        if not server.transports:
-            several = self.workers > 1 and not server.sticky_sessions
-            server = dataclasses.replace(server, transports=('websocket',) if several else ('polling', 'websocket'))
-        elif self.workers > 1 and 'polling' in server.transports and not server.sticky_sessions:
-            problem = (
-                f'{self.config}: server.transports: polling with --workers {self.workers} needs sticky sessions '
-                '(a polling client must reach the same worker each time); use transports: [websocket], or set '
-                'server.sticky_sessions: true behind a load balancer that provides them'
-            )
-            raise ConfigError(self.config, [problem])
+        if not server.transports:  # both, also with several workers: each request reaches its session's worker
+            server = dataclasses.replace(server, transports=('polling', 'websocket'))
         return dataclasses.replace(settings, server=server)
 
 

@@ -1,10 +1,13 @@
-"""The typed, frozen settings object; config.py builds it from a validated file and nothing else reads YAML."""
+"""The typed, frozen settings object; loader.py builds it from a validated file and nothing else reads YAML.
+Every default is the schema's (schema.default), stated there once."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from .schema import default, default_s
 
 Status = Literal['active', 'maintenance', 'coming_soon']
 AuthMode = Literal['none', 'token', 'jwt']
@@ -17,19 +20,25 @@ EMBEDDED = 'embedded'
 class ServerSettings:
     """The listening side; a running process keeps these until it restarts."""
 
-    host: str = '127.0.0.1'
-    port: int = 3000
-    cors_allowed_origins: tuple[str, ...] = ('http://localhost:3000', 'http://127.0.0.1:3000')
+    host: str = default('server', 'host')
+    port: int = default('server', 'port')
+    cors_allowed_origins: tuple[str, ...] = default('server', 'cors_allowed_origins')
     transports: tuple[str, ...] = ()  # () when the file does not say: both, or websocket only with N workers
-    ping_interval_s: float = 25.0
-    ping_timeout_s: float = 20.0
-    sticky_sessions: bool = False
-    max_http_buffer_size: int = 65536
-    fast_path: bool = True
-    trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (only behind a proxy)
-    connect_timeout_s: float = 45.0  # a session that joins no namespace in this time is closed
-    handshake_timeout_s: float = 10.0  # the whole request head must arrive within this time
-    backlog: int = 4096
+    ping_interval_s: float = default_s('server', 'ping_interval')
+    ping_timeout_s: float = default_s('server', 'ping_timeout')
+    sticky_sessions: bool = default('server', 'sticky_sessions')
+    max_http_buffer_size: int = default('server', 'max_http_buffer_size')
+    fast_path: bool = default('server', 'fast_path')
+    trust_forwarded_for: bool = default(
+        'server', 'trust_forwarded_for'
+    )  # take the client address from X-Forwarded-For (only behind a proxy)
+    connect_timeout_s: float = default_s(
+        'server', 'connect_timeout'
+    )  # a session that joins no namespace in this time is closed
+    handshake_timeout_s: float = default_s(
+        'server', 'handshake_timeout'
+    )  # the whole request head must arrive within this time
+    backlog: int = default('server', 'backlog')
     admin_token_env: str = ''
     admin_token: str = field(default='', repr=False)  # unlocks /ready's details: never in a repr or a log
     metrics_listen: tuple[str, int] | None = None  # a separate listener for /metrics
@@ -38,12 +47,12 @@ class ServerSettings:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str = EMBEDDED
-    session_ttl_s: float = 3600.0
-    user_ttl_s: float = 86400.0
-    state_dir: Path = Path('.gamelist')
-    persistence: bool = False
-    maxmemory: str = '256mb'
-    maxmemory_policy: str = 'volatile-lfu'
+    session_ttl_s: float = default_s('redis', 'session_ttl')
+    user_ttl_s: float = default_s('redis', 'user_ttl')
+    state_dir: Path = Path(default('redis', 'embedded', 'state_dir'))
+    persistence: bool = default('redis', 'embedded', 'persistence')
+    maxmemory: str = default('redis', 'embedded', 'maxmemory')
+    maxmemory_policy: str = default('redis', 'embedded', 'maxmemory_policy')
 
     @property
     def embedded(self) -> bool:
@@ -56,18 +65,18 @@ class JwtSettings:
 
     issuer: str
     audience: str
-    algorithms: tuple[str, ...] = ('HS256',)
-    leeway_s: float = 0.0
+    algorithms: tuple[str, ...] = default('$defs', 'jwt', 'algorithms')
+    leeway_s: float = default_s('$defs', 'jwt', 'leeway')
     key_env: str = ''
     key: str = field(default='', repr=False)  # the secret or public key itself: never in a repr or a log
-    user_claim: str = 'sub'  # device:info's user_id must equal this claim
+    user_claim: str = default('$defs', 'jwt', 'user_claim')  # device:info's user_id must equal this claim
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Who may connect to a namespace: anyone, holders of a shared secret, or holders of a valid JWT."""
 
-    mode: AuthMode = 'none'
+    mode: AuthMode = default('$defs', 'auth', 'mode')
     token_env: str = ''
     token: str = field(default='', repr=False)  # the shared secret from token_env: never in a repr or a log
     jwt: JwtSettings | None = None
@@ -77,18 +86,20 @@ class AuthSettings:
 class LimitSettings:
     """Per-connection event rate (token bucket) and connections per client address, in this process."""
 
-    events_per_second: float = 20.0
-    burst: int = 100
-    max_connections_per_ip: int = 100  # 0: no cap
-    over_limit: OverLimit = 'disconnect'
-    max_refused_connects: int = 3  # refused namespace connects before the Engine.IO session is closed
+    events_per_second: float = default('limits', 'events_per_second')
+    burst: int = default('limits', 'burst')
+    max_connections_per_ip: int = default('limits', 'max_connections_per_ip')  # 0: no cap
+    over_limit: OverLimit = default('limits', 'over_limit')
+    max_refused_connects: int = default(
+        'limits', 'max_refused_connects'
+    )  # refused namespace connects before the Engine.IO session is closed
 
 
 @dataclass(frozen=True, slots=True)
 class NamespaceSettings:
     name: str
     list: str
-    send_list_on_connect: bool = False
+    send_list_on_connect: bool = default('$defs', 'namespace', 'send_list_on_connect')
     auth: AuthSettings = AuthSettings()
 
 
@@ -99,8 +110,8 @@ class PlayerCounts:
     mode: Literal['simulated', 'fixed']
     active_min: int
     active_max: int
-    live_ratio_min: float = 0.3
-    live_ratio_max: float = 0.8
+    live_ratio_min: float = default('$defs', 'players', 'else', 'live_ratio')[0]
+    live_ratio_max: float = default('$defs', 'players', 'else', 'live_ratio')[1]
     live_fixed: int = 0
 
 
@@ -124,7 +135,9 @@ class ListSettings:
     games: tuple[str, ...]
     event: str
     namespaces: tuple[str, ...]
-    fed_by: FedBy = 'templates'  # producers: only what producers push, never built from templates
+    fed_by: FedBy = default(
+        '$defs', 'list', 'fed_by'
+    )  # producers: only what producers push, never built from templates
 
     @property
     def from_producers(self) -> bool:
@@ -147,7 +160,7 @@ class ScheduleSettings:
     interval_s: float | None = None
     cron: str | None = None
     max_runs: int | None = None
-    jitter_s: float = 0.0
+    jitter_s: float = default_s('$defs', 'schedule', 'jitter')
     run_at_start: bool = True
 
 
@@ -162,7 +175,7 @@ class Settings:
     games: tuple[GameTemplate, ...]
     lists: tuple[ListSettings, ...]
     schedules: tuple[ScheduleSettings, ...]
-    leader_lease_s: float = 5.0
+    leader_lease_s: float = default_s('leader', 'lease')
     limits: LimitSettings = LimitSettings()
     producers: ProducerSettings = ProducerSettings()
     digest: str = ''

@@ -20,9 +20,12 @@ from typing import Any
 
 from ..config.settings import ListSettings
 from ..errors import StoreError
+from ..metrics import LIST_CACHE
 from ..storage.store import Store
 
 logger = logging.getLogger('gamelist_service.core.listcache')
+_HIT = LIST_CACHE.labels('hit')
+_MISS = LIST_CACHE.labels('miss')
 
 MAX_MARGIN_S = 1.0  # an entry expires this much (at most 10 % of the TTL) before the key in Redis
 
@@ -42,15 +45,13 @@ class ListCache:
         self._clock = clock
         self._wall = wall
         self._entries: dict[str, Entry] = {}
-        self.hits = 0
-        self.misses = 0
 
     def get(self, lst: ListSettings) -> dict[str, Any] | None:
         entry = self._entries.get(lst.name)
         if entry is None or entry.key != lst.key or self._clock() >= entry.expires:
-            self.misses += 1
+            _MISS.inc()
             return None
-        self.hits += 1
+        _HIT.inc()
         return entry.data
 
     def clear(self) -> None:

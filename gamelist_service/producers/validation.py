@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from ..config.loader import schema
+from ..config.schema import schema
 from ..config.yamlpos import JsonPath, format_path
 from ..core.lists import utc_now_iso
 from ..errors import PayloadError

@@ -369,7 +369,6 @@ class Supervisor:
         self.window_s = window_s
         self.backoff_s = backoff_s
         self.backoff_cap_s = backoff_cap_s
-        self.restarts = 0
         self.failure: str | None = None
         self._deaths: list[float] = []
         self._stopping = threading.Event()
@@ -420,7 +419,9 @@ class Supervisor:
             except EmbeddedRedisError as exc:
                 logger.error('embedded Redis restart failed: %s', exc)
                 continue
-            self.restarts += 1
+            from ..metrics import EMBEDDED_RESTARTS  # noqa: PLC0415 - metrics set up after the CLI's imports (workers)
+
+            EMBEDDED_RESTARTS.inc()
             logger.warning('embedded Redis restarted (pid %d); it starts empty unless persistence is on', self.pid)
 
     @property

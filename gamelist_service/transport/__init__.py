@@ -31,7 +31,7 @@ from typing import Any
 import socketio
 
 from . import compat, guards, heap
-from .server import POLICY_VIOLATION, GamelistServer, ack_requested
+from .server import POLICY_VIOLATION, GamelistServer, SessionIds, ack_requested
 
 logger = logging.getLogger('gamelist_service.transport')
 
@@ -81,10 +81,13 @@ class Transport:
     sio: GamelistServer
     fast: bool
     hub: Any = None  # lean.Hub: the lean websocket connections
+    handoff: Any = None  # handoff.Handoff: requests of sessions other workers hold go there (several workers)
     _heap_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def start(self, closed_sessions: Callable[[], int]) -> None:
-        """At server start: the heap policy, on the fast path."""
+        """At server start: the handoff listener (several workers) and the heap policy (fast path)."""
+        if self.handoff is not None:
+            self.handoff.start()
         if self.fast:
             sockets = self.sio.eio.sockets
             policy = heap.HeapPolicy()
@@ -98,6 +101,8 @@ class Transport:
             await self.hub.close_all(timeout_s=timeout_s)
 
     async def stop(self) -> None:
+        if self.handoff is not None:
+            self.handoff.stop()
         task, self._heap_task = self._heap_task, None
         if task is not None:
             task.cancel()
@@ -111,10 +116,14 @@ class Transport:
             await waiter()
 
 
-def install(sio: GamelistServer, app: Any, service: Any, namespace_class: type) -> Transport:
+def install(
+    sio: GamelistServer, app: Any, service: Any, namespace_class: type, *, handoff_port: int | None = None
+) -> Transport:
     """Hook transport/ into the server and the Sanic app (before sio.attach(app)); returns the handle.
 
     :param namespace_class: the service's AsyncNamespace class, whose main:screen the direct answers reproduce.
+    :param handoff_port: with several workers, the port they share: each request of a session is served by the
+        worker that holds it (handoff.py), so polling works without a sticky load balancer.
     """
     report: dict[str, list[str]] = getattr(sio, 'compat_report', None) or compat.check()
     hub = None
@@ -137,7 +146,13 @@ def install(sio: GamelistServer, app: Any, service: Any, namespace_class: type) 
         guards.guard_requests(sio.eio, hub.accept_and_close if hub is not None else None)
         # Node's engine.io answers a handshake with another method 400, not 405
         app.add_route(guards.bad_handshake_method, '/socket.io/', methods=['PUT', 'PATCH', 'DELETE'])
-    return Transport(sio, fast, hub)
+    passer = None
+    if handoff_port is not None:
+        from . import handoff, httpproto  # noqa: PLC0415 - several workers only
+
+        passer = handoff.Handoff(handoff_port, httpproto.adopt)
+        sio.eio.generate_id = SessionIds(owner=passer.pid)
+    return Transport(sio, fast, hub, passer)
 
 
 def http_protocol() -> type:

@@ -26,9 +26,12 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from ..metrics import FANOUT_WRITES
 from . import rooms, wsframe
 
 logger = logging.getLogger('gamelist_service.transport.fastpath')
+_FAST = FANOUT_WRITES.labels('fast')
+_PLAIN = FANOUT_WRITES.labels('plain')
 
 try:  # the imports themselves are part of the check: a rename disables the fast path, it does not crash
     from engineio.async_drivers import sanic as _eio_sanic
@@ -182,8 +185,6 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         super().__init__()
         self.enabled = True
         self.installed = False
-        self.fast_sends = 0  # write() calls made directly
-        self.slow_sends = 0  # packets sent through the normal path
         self.clock: Callable[[], float] = time.monotonic
         self._frames: list[tuple[bytes, Any]] = []  # this turn's (frame, engineio packet), by index
         self._pending: dict[str, list[int]] = {}  # eio sid -> indices into _frames, in emit order
@@ -266,7 +267,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
                 'fast emit %s to %s: %d frames to write directly, %d queued', event, namespace, stashed, len(slow)
             )
         if slow:
-            self.slow_sends += len(slow)
+            _PLAIN.inc(len(slow))
             send = self.server._send_eio_packet
             await asyncio.wait([asyncio.create_task(send(eio_sid, eio_pkt)) for eio_sid in slow])
 
@@ -343,10 +344,10 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             except AttributeError as exc:  # a library changed shape under us: the plain path from now on
                 self.disable(f'{type(exc).__name__}: {exc}')
                 fallback.append((eio_sid, indices))
-        self.fast_sends += written
+        _FAST.inc(written)
         loop = asyncio.get_running_loop()
         for eio_sid, indices in fallback:
-            self.slow_sends += len(indices)
+            _PLAIN.inc(len(indices))
             task = loop.create_task(self._send_in_order(eio_sid, [frames[i][1] for i in indices]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -375,7 +376,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False
-        self.fast_sends += 1
+        _FAST.inc()
         return True
 
     def write_now(self, eio_sid: str, encoded: str) -> bool:
@@ -396,7 +397,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False
-        self.fast_sends += 1
+        _FAST.inc()
         return True
 
     async def _send_in_order(self, eio_sid: str, packets: list[Any]) -> None:

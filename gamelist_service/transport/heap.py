@@ -1,17 +1,15 @@
 """Keep CPython's full garbage collections off the connections' objects: gc.freeze as connections grow.
 
-Measured with 10,000 websocket clients (issue 5): each connection holds a few hundred objects the collector tracks,
-and CPython 3.11 runs a full (generation 2) collection whenever the objects that survived into the oldest generation
-have grown by a quarter. While clients connect, that happens again and again, each time over every connection held:
-15 full collections during a 10,000-client ramp, the last ones taking 1.1-1.7 s each, with the event loop stopped
-(no broadcast, no ack, no ping for that long).
+Each connection holds a few hundred objects the collector tracks, and CPython 3.11 runs a full (generation 2)
+collection whenever the objects that survived into the oldest generation have grown by a quarter. While clients
+connect, that happens again and again, each time over every connection held, with the event loop stopped (no
+broadcast, no ack, no ping meanwhile; how long at 10,000 clients: bench/README.md, Garbage collection).
 
 gc.freeze() moves every object the collector tracks to a permanent generation it never scans (an O(1) splice).
 HeapPolicy collects what is not frozen (cheap: only what was allocated since the last freeze) and freezes the
 survivors, every `freeze_every_s` seconds and whenever the connections open have grown by `grow` since the last
-freeze. So CPython's own collections only ever look at the objects of the last few seconds: measured, the
-connections' steady churn (a new ping task, a new writer wait per ping) otherwise brings full collections of
-0.3-0.8 s back within a minute. What a freeze costs: objects that become cyclic garbage while frozen are not
+freeze. So CPython's own collections only ever look at the objects of the last few seconds (without the periodic
+freeze, the connections' steady churn brings full collections back within a minute). What a freeze costs: objects that become cyclic garbage while frozen are not
 freed. So when connections have closed (a `closed` fraction of those open), or every `full_every_s` seconds, it
 unfreezes, runs one full collection (the stop CPython would make anyway; logged with its duration) and freezes
 again.

@@ -14,7 +14,9 @@ check_timeouts); check() verifies them at start, and serve uses Sanic's own clas
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -58,6 +60,12 @@ class GuardedHttpProtocol(WebSocketProtocol):
     """Sanic's protocol, counting sockets per address and bounding the time a request head may take."""
 
     __slots__ = ('counted_ip', 'head_started', 'refused')
+    factory_kwargs: dict[str, Any] | None = None  # what Sanic builds its connections with: adopt() does the same
+
+    def __init__(self, **kwargs: Any) -> None:
+        if GuardedHttpProtocol.factory_kwargs is None:
+            GuardedHttpProtocol.factory_kwargs = kwargs
+        super().__init__(**kwargs)
 
     def connection_made(self, transport: Any) -> None:
         self.counted_ip: str | None = None
@@ -105,6 +113,10 @@ class GuardedHttpProtocol(WebSocketProtocol):
                 hub = getattr(wired, 'hub', None)
                 if hub is not None and hub.direct_handshake(self, data):
                     return  # a websocket handshake, answered by lean.py without Sanic's request machinery
+                handoff = getattr(wired, 'handoff', None)
+                if handoff is not None and handoff.take(self.transport, data):
+                    self._release()
+                    return  # a request of a session another worker holds: that worker has the connection now
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def check_timeouts(self) -> None:
@@ -127,6 +139,33 @@ class GuardedHttpProtocol(WebSocketProtocol):
                 task.cancel()
                 return
         super().check_timeouts()  # type: ignore[no-untyped-call]
+
+
+_adopting: set[asyncio.Task[None]] = set()
+
+
+def adopt(sock: socket.socket, data: bytes) -> None:
+    """Serve a connection another worker handed over (handoff.py), with the bytes it had read, as Sanic serves the
+    connections it accepts."""
+    kwargs = GuardedHttpProtocol.factory_kwargs
+    if kwargs is None:  # no connection accepted here yet, so nothing can be ours: the client starts again
+        sock.close()
+        return
+    loop: asyncio.AbstractEventLoop = kwargs['loop']
+
+    async def serve() -> None:
+        try:
+            _transport, protocol = await loop.connect_accepted_socket(lambda: GuardedHttpProtocol(**kwargs), sock)
+        except OSError as exc:
+            logger.info('a connection handed over was gone before it was served: %s', exc)
+            sock.close()
+            return
+        if not getattr(protocol, 'refused', False):
+            protocol.data_received(data)
+
+    task = loop.create_task(serve())
+    _adopting.add(task)
+    task.add_done_callback(_adopting.discard)
 
 
 def protocol_class() -> type[Any]:

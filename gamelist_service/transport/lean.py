@@ -1,11 +1,11 @@
 """Websocket connections run without Sanic's websocket machinery: the connection is an asyncio.Protocol of its own.
 
-A websocket client (`/socket.io/?EIO=4&transport=websocket`, directly or to upgrade a polling session) went
-through Sanic's request handler, which stayed suspended for the connection's lifetime (a chain of a dozen coroutines through Sanic,
+On Sanic's machinery a websocket client (`/socket.io/?EIO=4&transport=websocket`, directly or to upgrade a polling
+session) holds Sanic's request handler, suspended for the connection's lifetime (a dozen coroutines through Sanic,
 python-engineio and the driver), Sanic's websocket protocol with its frame assembler and a task waiting on it, a task
-closing it when the handler ends, websockets' parser, python-engineio's ping task and a writer task: 26 coroutines, 6
-tasks and about 32 KB of RSS per connection (measured: bench/README.md). Node's socket.io holds about 16 KB; a lean
-connection about 6.5 KB (the transport, this protocol object, the socket, python-socketio's entries, the environ).
+closing it when the handler ends, websockets' parser, python-engineio's ping task and a writer task. A lean
+connection holds the transport, this protocol object, the socket, python-socketio's entries and the environ (the
+per-connection figures of both: bench/README.md, Lean connections).
 
 Here, when python-engineio hands a websocket handshake to its driver (fastpath.RecordingWebSocket), Hub.takeover
 answers it (101, the RFC 6455 accept key) and makes the transport's protocol a LeanConnection; Sanic's request then

@@ -2,8 +2,7 @@
 
 python-socketio's BaseManager.basic_disconnect finds the rooms of the leaving client by looking into every room of
 the namespace, and every client has a room of its own (its sid). One disconnect costs O(clients) and a mass
-disconnect (a network blip, a load-balancer restart, a shutdown) O(clients²): measured at 10,000 clients, 12.5 s of
-CPU, 80 % of it in that walk (bench/README.md, storms).
+disconnect (a network blip, a load-balancer restart, a shutdown) O(clients²) (the profile: bench/README.md, Storms).
 
 IndexedAsyncManager knows the rooms of each client without a walk: every client is in the namespace's room None and
 in its own room, and any other room it enters is noted in a reverse index (sid -> rooms), which stays empty unless

@@ -3,7 +3,7 @@
 On the normal path a `main:screen` request passes Sanic's frame assembler, Engine.IO's receive loop, two asyncio tasks
 (Engine.IO's message handler and python-socketio's event handler), the namespace's handler, and python-socketio's
 packet encoder, which walks the whole reply looking for binary data and JSON-encodes the 4 KB list again for every
-request. Measured: about 640 µs of server CPU per ack (bench/RESULTS.md).
+request (the CPU per ack on each path: bench/README.md).
 
 Here the request is looked at where its frame arrives: in a lean connection's data_received (lean.py, a websocket
 that connected directly), or in the Sanic websocket's data_received, which lets websockets parse the frames as before
@@ -33,9 +33,12 @@ from socketio import packet as sio_packet
 
 from ..core.lists import MAIN_SCREEN_MESSAGE, envelope, utc_now_iso
 from ..core.service import GamelistService
+from ..metrics import SCREEN_REQUESTS
 from . import fastpath, wsframe
 
 logger = logging.getLogger('gamelist_service.transport.screen')
+_DIRECT = SCREEN_REQUESTS.labels('direct')
+_HANDLER = SCREEN_REQUESTS.labels('handler')
 
 try:
     from sanic.server.websockets.impl import WebsocketImplProtocol
@@ -95,8 +98,6 @@ class ScreenResponder:
         self.manager = manager
         self.namespace_class = namespace_class  # sockets.GameNamespace, whose main:screen handling this reproduces
         self.enabled = True
-        self.answered = 0  # requests answered here
-        self.passed = 0  # main:screen requests handed to the normal path
         # list name -> (the data, the reply's JSON around its timestamp: for an emit, for an ack)
         self._encoded: dict[str, tuple[dict[str, Any], tuple[tuple[str, str], tuple[str, str]]]] = {}
 
@@ -160,20 +161,20 @@ class ScreenResponder:
             return False  # the libraries log every packet: keep that
         data = self.service.cached(handler.settings.list)
         if data is None or eio_sid in self.manager._pending:
-            self.passed += 1
+            _HANDLER.inc()
             return False
         transport = fastpath.direct_transport(sock, time.time(), eio.ping_timeout, self.manager.clock())
         if transport is None:
-            self.passed += 1
+            _HANDLER.inc()
             return False
         limiter = getattr(sio, 'limiter', None)
         lean = getattr(sock, 'lean', None) is not None  # a lean connection counted it where it arrived
         if limiter is not None and not lean and not limiter.allow_event(eio_sid):
-            self.passed += 1
+            _HANDLER.inc()
             return False  # the normal path refuses it, with the error ack, and acts on the limit
         text = self.encode(handler.settings.list, data, namespace, ack_id)
         transport.write(wsframe.text_frame(text))
-        self.answered += 1
+        _DIRECT.inc()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('main:screen answered directly: %s on %s', f'ack {ack_id}' if ack_id else 'emit', namespace)
         return True

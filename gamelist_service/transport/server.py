@@ -14,8 +14,10 @@ logged, when one is missing, and the limits then apply at the namespaces only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import logging
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -55,6 +57,37 @@ def ack_requested() -> bool:
     return _ack_requested.get()
 
 
+class SessionIds:
+    """Engine.IO and Socket.IO session ids as python-engineio makes them (12 random bytes and a 3-byte sequence
+    number, URL-safe base64: 20 characters), with the random bytes drawn from os.urandom 4 KB at a time instead of
+    one system call per id: a connect storm made three per client.
+
+    With an owner (a worker's pid, under 2**24), the last 3 bytes are the owner instead of a sequence number: the
+    id names the worker that holds the session (handoff.py).
+    """
+
+    __slots__ = ('_at', '_owner', '_pool', '_sequence')
+
+    _BATCH = 12 * 341
+
+    def __init__(self, owner: int | None = None) -> None:
+        self._pool = b''
+        self._at = 0
+        self._sequence = 0
+        self._owner = None if owner is None else owner.to_bytes(3, 'big')
+
+    def __call__(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(self._BATCH), 0
+        random = self._pool[self._at : self._at + 12]
+        self._at += 12
+        tail = self._owner
+        if tail is None:
+            tail = self._sequence.to_bytes(3, 'big')
+            self._sequence = (self._sequence + 1) & 0xFFFFFF
+        return base64.urlsafe_b64encode(random + tail).decode('ascii')
+
+
 class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
     """AsyncServer that lets handlers know whether the client asked for an ack, and counts sessions per address."""
 
@@ -69,6 +102,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         self.users: dict[str, str] = {}  # eio sid -> the user_id its device:info named (one user per connection)
         self._closing: set[asyncio.Task[None]] = set()
         super().__init__(*args, **kwargs)
+        self.eio.generate_id = SessionIds()  # the Engine.IO sid and each namespace's sid
 
     async def _handle_event_internal(
         self, server: socketio.AsyncServer, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None

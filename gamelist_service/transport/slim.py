@@ -1,10 +1,10 @@
 """Smaller per-connection state for websocket clients: what each idle connection keeps, and does not need.
 
-Measured with tracemalloc (issue 5; bench/RESULTS.md has the RSS figures): an empty collections.deque costs 760
-bytes, because it allocates its first 64-slot block up front, and a websocket connection kept a dozen of them in
-asyncio Queues and Events that hold at most one item or waiter. Also per connection: Sanic's frame assembler creates
-an asyncio.Queue it never uses, and python-engineio's Sanic driver defines a new class for every request (the
-`wsgi.input` of the environ python-socketio keeps for the connection's lifetime).
+An empty collections.deque costs 760 bytes (it allocates its first 64-slot block up front), and a websocket
+connection on Sanic's machinery holds a dozen of them in asyncio Queues and Events that hold at most one item or
+waiter. Also per connection: Sanic's frame assembler creates an asyncio.Queue it never uses, and python-engineio's
+Sanic driver defines a new class for every request (the `wsgi.input` of the environ python-socketio keeps for the
+connection's lifetime). The tracemalloc census behind this: bench/README.md (Memory).
 
 - small_queue() is python-engineio's AsyncServer.create_queue (a documented hook) for this server: an asyncio.Queue
   whose deques are lists (it holds the few packets waiting for the connection's writer);

@@ -67,7 +67,8 @@ def create_app(
     service = GamelistService(settings, store, emit, written=all_written)
     sio = create_server(service, ASYNC_MODE)
     # guards (every packet counted and screened where it arrives), and the fast path when server.fast_path says so
-    wired = transport.install(sio, app, service, GameNamespace)
+    several = launch is not None and launch.workers > 1  # a session's requests may land on any worker: handed over
+    wired = transport.install(sio, app, service, GameNamespace, handoff_port=settings.server.port if several else None)
     links.update(sio=sio, transport=wired)
     sio.attach(app)
     app.ctx.settings = settings

@@ -13,7 +13,7 @@ from typing import Any, cast
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
-from ..config.loader import schema
+from ..config.schema import schema
 from ..core.lists import list_data
 from ..core.service import GamelistService
 from ..errors import GamelistError

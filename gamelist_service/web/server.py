@@ -58,7 +58,8 @@ def serve(launch: Launch) -> int:
         else:
             redis_url = settings.redis.url
         instances.publish(directory, server.port, settings.source, redis_url)
-        _prepare_metrics_dir(directory / 'metrics')
+        if launch.workers > 1:  # one process needs no shared directory (and its mmap on every update)
+            _prepare_metrics_dir(directory / 'metrics')
         # after the metrics directory is set: prometheus-client reads it on import
         from .. import metrics  # noqa: PLC0415
         from .app import create_app  # noqa: PLC0415

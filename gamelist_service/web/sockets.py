@@ -13,7 +13,7 @@ import jsonschema
 import socketio
 
 from .. import metrics, transport
-from ..config.loader import schema
+from ..config.schema import schema
 from ..config.settings import NamespaceSettings
 from ..core.lists import MAIN_SCREEN_MESSAGE, envelope, list_data, utc_now_iso
 from ..core.service import GamelistService
