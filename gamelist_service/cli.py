@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config.loader import DEFAULT_CONFIG_PATH, ENV_PORT, ENV_REDIS_URL, load_settings, summary
+from .config.loader import DEFAULT_CONFIG_PATH, load_settings, summary
 from .config.reload import Launch
 from .config.schema import schema_text
-from .config.settings import Settings
+from .config.settings import ENV_PORT, ENV_REDIS_URL, Settings
 from .errors import GamelistError
 from .logs import setup_logging
 from .storage import instances
@@ -202,7 +202,8 @@ async def _check(url: str) -> int:
 
 
 def cmd_updater(ns: argparse.Namespace) -> int:
-    from .producers.updater import GameListUpdater, run_menu  # noqa: PLC0415
+    from .producers.menu import run_menu  # noqa: PLC0415
+    from .producers.updater import GameListUpdater  # noqa: PLC0415
 
     redis_url = ns.redis_url or os.environ.get(ENV_REDIS_URL) or None
     with GameListUpdater(redis_url=redis_url, config=ns.config) as updater:

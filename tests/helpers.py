@@ -1,4 +1,5 @@
-"""Shared test helpers: config files made from the shipped one, and `gamelist-service serve` as a subprocess."""
+"""Shared test helpers: config files made from the shipped one, `gamelist-service serve` as a subprocess (serving() for
+a module's own), and a list the tests publish themselves (fixed_list). Wire-level clients: tests/clients.py."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import redis
 import yaml
+
+from gamelist_service.storage.instances import running
+
+from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
@@ -51,6 +58,14 @@ def shipped_data(*, admin: bool = False) -> dict[str, Any]:
     data['server'].update(ping_interval='1s', ping_timeout='2s')
     if admin:
         data['server']['admin_token_env'] = ADMIN_ENV
+    return data
+
+
+def hourly_data(*, admin: bool = False) -> dict[str, Any]:
+    """shipped_data() whose schedule runs once at start and then hourly: while a module's tests run, no tick comes
+    between them; every later change of the list is a test's own."""
+    data = shipped_data(admin=admin)
+    data['schedules'][0]['every'] = '1h'
     return data
 
 
@@ -263,3 +278,86 @@ def redis_servers_on(socket_path: Path) -> list[int]:
             if b'redis-server' in cmdline and str(socket_path).encode() in cmdline:
                 pids.append(int(proc.name))
     return pids
+
+
+# -- serve for a module's (or a test's) own ----------------------------------------------------------------------
+
+
+def serve_in(
+    workdir: Path,
+    data: dict[str, Any],
+    *extra: str,
+    env: dict[str, str] | None = None,
+    global_args: tuple[str, ...] = (),
+    port: int | None = None,
+    wait_ready: bool = True,
+    timeout_s: float = 20.0,
+) -> Serve:
+    """A serve started in workdir with the config data (written there as games.yaml), on port or a free one."""
+    config = write_config(workdir / 'games.yaml', data)
+    serve = Serve(workdir, config, free_port() if port is None else port, *extra, env=env, global_args=global_args)
+    return serve.start(wait_ready=wait_ready, timeout_s=timeout_s)
+
+
+@contextmanager
+def serving(
+    workdir: Path,
+    data: dict[str, Any],
+    *extra: str,
+    env: dict[str, str] | None = None,
+    global_args: tuple[str, ...] = (),
+    port: int | None = None,
+    timeout_s: float = 20.0,
+) -> Iterator[Serve]:
+    """serve_in(...) for the body of a fixture, which must end with a clean stop (exit code 0).
+
+    A module's serve: ``with serving(tmp_path_factory.mktemp('name'), hourly_data()) as serve: yield serve``.
+    """
+    serve = serve_in(workdir, data, *extra, env=env, global_args=global_args, port=port, timeout_s=timeout_s)
+    yield serve
+    assert serve.stop() == 0
+
+
+def start_serve(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
+    """A serve with the broadcast fast path on or off (-v: its DEBUG lines count the direct writes)."""
+    data = hourly_data()  # only the start-up run; the test publishes its own lists
+    data['server']['fast_path'] = fast
+    if limits:
+        data['limits'] = limits
+    workdir.mkdir(parents=True, exist_ok=True)
+    return serve_in(workdir, data, global_args=('-v',))
+
+
+def fast_and_plain(root: Path) -> Iterator[dict[bool, Serve]]:
+    """A serve with the fast path and one without, for a module's tests; both stop cleanly at the end."""
+    started = {fast: start_serve(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
+    yield started
+    for serve in started.values():
+        assert serve.stop() == 0
+
+
+def redis_of(serve: Serve) -> redis.Redis:
+    """A client of the embedded Redis a serve started (in its workdir)."""
+    (instance,) = running(serve.workdir / '.gamelist', serve.config)
+    return redis.Redis.from_url(instance.redis_url)
+
+
+# -- a list the tests publish themselves -------------------------------------------------------------------------
+
+MARKER = 'wire-identity'
+# non-ASCII of every width: json.dumps escapes it (\u043f..., a surrogate pair for the die), on both paths
+GAME_NAME = 'Покер ♠ café 🎲 ' + MARKER
+
+
+def fixed_list(version: int) -> dict[str, Any]:
+    """A list of 20 games named GAME_NAME (each frame that carries it has MARKER), with the version given."""
+    game = {**CONTRACT_GAME, 'game_id': 'game_1', 'game_name': GAME_NAME}
+    return {
+        'gamelist': [dict(game, game_id=f'game_{i}') for i in range(20)],
+        'updated_at': '2024-01-01T12:00:00.000000Z',
+        'cache_duration': '300 seconds',
+        'total_games': 20,
+        'active_games': 20,
+        'total_players': 300000,
+        'version': version,
+    }

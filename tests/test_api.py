@@ -21,24 +21,33 @@ from gamelist_service.web.app import create_app
 from gamelist_service.web.lists_api import openapi_document
 
 from .conftest import free_port
-from .helpers import CONTRACT_GAME, SHIPPED_CONFIG, Recorder, Serve, http_get, shipped_data, wait_until, write_config
+from .helpers import (
+    CONTRACT_GAME,
+    SHIPPED_CONFIG,
+    Recorder,
+    Serve,
+    http_get,
+    serve_in,
+    shipped_data,
+    wait_until,
+    write_config,
+)
 
 TOKEN = 'test-token-7f3a9c'
 LIMIT = 1024 * 1024
 GAME = CONTRACT_GAME
 
 
-def start_serve(tmp_path: Path, redis_url: str, env: dict[str, str], *, wait_ready: bool = True) -> Serve:
+def start_api_serve(tmp_path: Path, redis_url: str, env: dict[str, str], *, wait_ready: bool = True) -> Serve:
     data = shipped_data()
     data['schedules'] = []  # only the API writes
     data['lists']['side'] = {'key': 'gamelist:side', 'ttl': '60s', 'games': ['game_1'], 'namespaces': ['/gameplay']}
-    config = write_config(tmp_path / 'games.yaml', data)
-    return Serve(tmp_path, config, free_port(), '--redis-url', redis_url, env=env).start(wait_ready=wait_ready)
+    return serve_in(tmp_path, data, '--redis-url', redis_url, env=env, wait_ready=wait_ready)
 
 
 @pytest.fixture
 def served(tmp_path: Path, redis_url: str, flushed: redis.Redis) -> Iterator[Serve]:
-    serve = start_serve(tmp_path, redis_url, {'GAMELIST_API_TOKEN': TOKEN})
+    serve = start_api_serve(tmp_path, redis_url, {'GAMELIST_API_TOKEN': TOKEN})
     yield serve
     assert serve.stop() == 0
 
@@ -236,7 +245,7 @@ def test_a_body_just_under_the_limit_is_accepted(served: Serve, flushed: redis.R
 
 
 def test_the_limit_is_configurable(tmp_path: Path, redis_url: str, flushed: redis.Redis) -> None:
-    serve = start_serve(tmp_path, redis_url, {'GAMELIST_API_TOKEN': TOKEN, 'GAMELIST_API_MAX_BODY_BYTES': '200'})
+    serve = start_api_serve(tmp_path, redis_url, {'GAMELIST_API_TOKEN': TOKEN, 'GAMELIST_API_MAX_BODY_BYTES': '200'})
     try:
         small = {'gamelist': [{'game_name': 'Poker'}]}
         assert put(serve.url + '/api/v1/gamelist', small)[0] == 200
@@ -248,7 +257,7 @@ def test_the_limit_is_configurable(tmp_path: Path, redis_url: str, flushed: redi
 
 
 def test_without_a_token_configured_the_api_is_disabled(tmp_path: Path, redis_url: str, flushed: redis.Redis) -> None:
-    serve = start_serve(tmp_path, redis_url, {})
+    serve = start_api_serve(tmp_path, redis_url, {})
     try:
         status, answer, _ = put(serve.url + '/api/v1/gamelist', {'gamelist': [GAME]}, token='anything')
         assert status == 503
@@ -261,7 +270,7 @@ def test_without_a_token_configured_the_api_is_disabled(tmp_path: Path, redis_ur
 
 def test_redis_down_is_503_and_nothing_is_broadcast(tmp_path: Path) -> None:
     dead = f'redis://127.0.0.1:{free_port()}/0'
-    serve = start_serve(tmp_path, dead, {'GAMELIST_API_TOKEN': TOKEN}, wait_ready=False)
+    serve = start_api_serve(tmp_path, dead, {'GAMELIST_API_TOKEN': TOKEN}, wait_ready=False)
     try:
         assert wait_until(lambda: _answers(serve.url + '/health'))
         status, answer, _ = put(serve.url + '/api/v1/gamelist', {'gamelist': [GAME]})

@@ -19,23 +19,12 @@ from gamelist_service.errors import ConfigError
 from gamelist_service.web import auth
 from gamelist_service.web.auth import AuthRefused, authenticate, token_from
 
+from .browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, wait_for_log
 from .conftest import free_port
-from .helpers import Recorder, Serve, shipped_data, write_config
+from .helpers import Recorder, Serve, hourly_data, serving, shipped_data, write_config
+from .jwt_tokens import AUDIENCE, HMAC_KEY, ISSUER, SHARED, claims, hs_token
 
-SHARED = 'shared-secret-for-the-gameplay-namespace'
-HMAC_KEY = 'a-jwt-signing-secret-of-at-least-32-bytes!'
-ISSUER = 'https://login.example'
-AUDIENCE = 'gamelist'
 GAMEPLAY = 'namespaces["/gameplay"]'  # how problems name the namespace's path
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {'sub': 'player-1', 'iss': ISSUER, 'aud': AUDIENCE, 'iat': now, 'exp': now + 300} | overrides
-
-
-def hs_token(key: str = HMAC_KEY, **overrides: Any) -> str:
-    return jwt.encode({k: v for k, v in claims(**overrides).items() if v is not None}, key, algorithm='HS256')
 
 
 @pytest.fixture(scope='module')
@@ -234,18 +223,15 @@ def test_jwt_config_problems(tmp_path: Path, rsa_keys: tuple[str, str]) -> None:
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    workdir = tmp_path_factory.mktemp('auth')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data()
     data['namespaces']['/gameplay']['auth'] = {'mode': 'token', 'token_env': 'GAMEPLAY_TOKEN'}
     data['namespaces']['/vip'] = {
         'list': 'current',
         'auth': {'mode': 'jwt', 'jwt': {'secret_env': 'VIP_JWT_SECRET', 'issuer': ISSUER, 'audience': AUDIENCE}},
     }
     env = {'GAMEPLAY_TOKEN': SHARED, 'VIP_JWT_SECRET': HMAC_KEY}
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), env=env).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('auth'), data, env=env) as serve:
+        yield serve
     log = serve.log()
     assert SHARED not in log and HMAC_KEY not in log
 
@@ -319,8 +305,6 @@ async def test_jwt_namespace_accepts_a_valid_token(served: Serve) -> None:
 def test_the_live_page_sends_its_token(tmp_path: Path) -> None:
     """The page's token field: a wrong token shows the connect_error, the right one connects to /gameplay."""
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 - only this test drives a browser
-
-    from .test_page import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, wait_for_log  # noqa: PLC0415
 
     if not CHROMIUM.exists():
         pytest.skip(f'{CHROMIUM} is missing (test_page.py says how to get it)')

@@ -29,7 +29,9 @@ from .helpers import (
     Recorder,
     Serve,
     async_wait_until,
+    hourly_data,
     http_get,
+    serving,
     shipped_data,
     wait_until,
     write_config,
@@ -70,11 +72,9 @@ def cli(serve: Serve, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def reloadable(tmp_path: Path) -> Iterator[tuple[Serve, dict[str, Any]]]:
-    data = shipped_data(admin=True)
-    data['schedules'][0]['every'] = '1h'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
-    yield serve, data
-    assert serve.stop() == 0
+    data = hourly_data(admin=True)
+    with serving(tmp_path, data) as serve:
+        yield serve, data
 
 
 @pytest.fixture

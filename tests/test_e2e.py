@@ -24,8 +24,10 @@ from .helpers import (
     Serve,
     answers,
     async_wait_until,
+    hourly_data,
     http_get,
     redis_servers_on,
+    serving,
     shipped_data,
     wait_until,
     write_config,
@@ -40,13 +42,9 @@ TRANSPORTS = ['websocket', 'polling']
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """One serve on the embedded Redis for this module; its schedule runs once at start and then hourly."""
-    workdir = tmp_path_factory.mktemp('serve')
-    data = shipped_data(admin=True)
-    data['schedules'][0]['every'] = '1h'
     # -v: the per-read Redis lines (the prototype's GET log) are DEBUG
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('serve'), hourly_data(admin=True), global_args=('-v',)) as serve:
+        yield serve
 
 
 @pytest.fixture

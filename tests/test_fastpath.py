@@ -3,165 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import os
 import re
-import struct
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Self
+from typing import Any
 
 import pytest
-import redis
 import socketio
 
 from gamelist_service import transport
-from gamelist_service.storage.instances import running
 from gamelist_service.transport import fastpath, rooms
 from gamelist_service.web.limits import ConnectionLimiter
 
-from .conftest import free_port
-from .helpers import CONTRACT_GAME, Recorder, Serve, shipped_data, wait_until, write_config
-
-NAMESPACES = ('/', '/gameplay')
-MARKER = 'wire-identity'
-# non-ASCII of every width: json.dumps escapes it (\u043f..., a surrogate pair for the die), on both paths
-GAME_NAME = 'Покер ♠ café 🎲 ' + MARKER
-TIMESTAMP_RE = re.compile(rb'"timestamp":"([^"]*)"')
-
-
-def fixed_list(version: int) -> dict[str, Any]:
-    game = {**CONTRACT_GAME, 'game_id': 'game_1', 'game_name': GAME_NAME}
-    return {
-        'gamelist': [dict(game, game_id=f'game_{i}') for i in range(20)],
-        'updated_at': '2024-01-01T12:00:00.000000Z',
-        'cache_duration': '300 seconds',
-        'total_games': 20,
-        'active_games': 20,
-        'total_players': 300000,
-        'version': version,
-    }
-
-
-class RawClient:
-    """A websocket Socket.IO client on a bare TCP stream that records every server frame byte for byte."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.frames: list[bytes] = []  # raw frames: header and payload as they came off the socket
-        self.connected: set[str] = set()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def connect(self) -> Self:
-        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._writer.write(
-            (
-                'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
-                f'Host: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
-                f'Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n'
-            ).encode()
-        )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
-        assert head.startswith(b'HTTP/1.1 101'), head
-        assert b'sec-websocket-extensions' not in head.lower(), head  # no compression: frames are shareable
-        self._task = asyncio.get_running_loop().create_task(self._read())
-        await self._wait(lambda: any(self._text(f).startswith('0{') for f in self.frames))
-        for ns in NAMESPACES:
-            self.send('40' if ns == '/' else f'40{ns},')
-        await self._wait(lambda: self.connected == set(NAMESPACES))
-        return self
-
-    async def _wait(self, predicate: Any, timeout_s: float = 10.0) -> None:
-        for _ in range(int(timeout_s / 0.02)):
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f'timed out; frames so far: {self.frames[-5:]!r}')
-
-    @staticmethod
-    def _text(frame: bytes) -> str:
-        return RawClient.payload(frame).decode('utf-8', 'replace')
-
-    @staticmethod
-    def payload(frame: bytes) -> bytes:
-        length = frame[1] & 0x7F
-        return frame[{126: 4, 127: 10}.get(length, 2) :]
-
-    async def _read(self) -> None:
-        assert self._reader is not None
-        while True:
-            head = await self._reader.readexactly(2)
-            assert not head[1] & 0x80, 'server frames are never masked'
-            length = head[1] & 0x7F
-            ext = b''
-            if length == 126:
-                ext = await self._reader.readexactly(2)
-                length = struct.unpack('!H', ext)[0]
-            elif length == 127:
-                ext = await self._reader.readexactly(8)
-                length = struct.unpack('!Q', ext)[0]
-            frame = head + ext + await self._reader.readexactly(length)
-            self.frames.append(frame)
-            text = self._text(frame)
-            if head[0] & 0x0F == 0x9:
-                self._send_frame(0xA, self.payload(frame))
-            elif text == '2':
-                self.send('3')
-            elif text.startswith('40{'):
-                self.connected.add('/')
-            elif text.startswith('40/') and '{' in text:
-                self.connected.add(text[2:].split(',', 1)[0])
-
-    def send(self, text: str) -> None:
-        self._send_frame(0x1, text.encode())
-
-    def _send_frame(self, opcode: int, data: bytes) -> None:
-        assert self._writer is not None and len(data) < 126
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self._writer.write(bytes([0x80 | opcode, 0x80 | len(data)]) + mask + masked)
-
-    def events(self) -> list[bytes]:
-        """The event frames of the published lists, with the envelope's timestamp blanked (it is the time of the
-        broadcast; its length is fixed, so the frame header is unchanged)."""
-        marked = [f for f in self.frames if MARKER.encode() in f]
-        return [TIMESTAMP_RE.sub(lambda m: b'"timestamp":"' + b'T' * len(m.group(1)) + b'"', f) for f in marked]
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._writer is not None:
-            self._writer.close()
-
-
-def start_serve(workdir: Path, fast: bool, limits: dict[str, Any] | None = None) -> Serve:
-    data = shipped_data()
-    data['server']['fast_path'] = fast
-    data['schedules'][0]['every'] = '1h'  # only the start-up run; the test publishes its own lists
-    if limits:
-        data['limits'] = limits
-    workdir.mkdir(parents=True, exist_ok=True)
-    return Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), global_args=('-v',)).start()
-
-
-def fast_and_plain(root: Path) -> Iterator[dict[bool, Serve]]:
-    """A serve with the fast path and one without, for a module's tests; both stop cleanly at the end."""
-    started = {fast: start_serve(root / ('fast' if fast else 'plain'), fast) for fast in (True, False)}
-    yield started
-    for serve in started.values():
-        assert serve.stop() == 0
-
-
-def redis_of(serve: Serve) -> redis.Redis:
-    (instance,) = running(serve.workdir / '.gamelist', serve.config)
-    return redis.Redis.from_url(instance.redis_url)
+from .clients import NAMESPACES, RawClient
+from .helpers import GAME_NAME, MARKER, Recorder, Serve, fast_and_plain, fixed_list, redis_of, wait_until
 
 
 @pytest.fixture(scope='module')

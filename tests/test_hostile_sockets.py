@@ -19,7 +19,16 @@ import pytest
 from gamelist_service.web.sockets import NOT_A_PRODUCER
 
 from .conftest import free_port
-from .helpers import Recorder, Serve, async_wait_until, http_get, shipped_data, wait_until, write_config
+from .helpers import (
+    Recorder,
+    Serve,
+    async_wait_until,
+    hourly_data,
+    http_get,
+    serving,
+    wait_until,
+    write_config,
+)
 
 MAX_SIZE = 65536  # server.max_http_buffer_size in the shipped file
 ACK_TIMEOUT_S = 5.0
@@ -31,24 +40,25 @@ ODD_NAMES = [
 ]  # fmt: skip
 
 
-def serve_config(workdir: Path, **limits: Any) -> Path:
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'  # one tick at start, none while a test runs: a bystander must see nothing
+def serve_data(**limits: Any) -> dict[str, Any]:
+    data = hourly_data()  # one tick at start, none while a test runs: a bystander must see nothing
     if limits:
         data['limits'] = limits
-    return write_config(workdir / 'games.yaml', data)
+    return data
+
+
+def serve_config(workdir: Path, **limits: Any) -> Path:
+    return write_config(workdir / 'games.yaml', serve_data(**limits))
 
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """A serve whose rate limit is out of the way: these tests send hundreds of events from one connection."""
-    workdir = tmp_path_factory.mktemp('hostile')
-    config = serve_config(workdir, events_per_second=1_000_000, burst=1_000_000)
-    serve = Serve(workdir, config, free_port()).start()
-    # the start-up tick written first: a main:screen before it would rebuild the list, and the tick rewrite it
-    assert wait_until(lambda: 'refreshed list current' in serve.log())
-    yield serve
-    assert serve.stop() == 0
+    data = serve_data(events_per_second=1_000_000, burst=1_000_000)
+    with serving(tmp_path_factory.mktemp('hostile'), data) as serve:
+        # the start-up tick written first: a main:screen before it would rebuild the list, and the tick rewrite it
+        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        yield serve
     assert 'Traceback' not in serve.log(), serve.log()[-4000:]
 
 

@@ -15,8 +15,7 @@ import redis
 
 from gamelist_service.storage.instances import running
 
-from .conftest import free_port
-from .helpers import ROOT, Serve, shipped_data, write_config
+from .helpers import ROOT, Serve, hourly_data, serving, wait_until
 
 NODE_DIR = ROOT / 'bench' / 'node'
 SCRIPT = NODE_DIR / 'js_client_check.js'
@@ -32,19 +31,19 @@ def node_ready() -> str | None:
     return None
 
 
-@pytest.fixture(scope='module')
-def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+@pytest.fixture(scope='module', params=[1, 2], ids=['workers1', 'workers2'])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """serve with one worker, and with two: the client's default transports need no sticky load balancer."""
     reason = node_ready()
     if reason is not None:
         if os.environ.get('CI'):
             pytest.fail(f'CI must run the JS client test: {reason}')
         pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp('jsclient')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    workers = ('--workers', str(request.param)) if request.param > 1 else ()
+    with serving(tmp_path_factory.mktemp('jsclient'), hourly_data(), *workers, timeout_s=40) as serve:
+        if request.param > 1:
+            assert wait_until(lambda: serve.log().count('Worker ready') == request.param, timeout_s=40)
+        yield serve
 
 
 @pytest.mark.parametrize('transport', ['websocket', 'polling', 'polling,websocket'])  # the last: the default

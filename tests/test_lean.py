@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import struct
 import time
 from collections.abc import Iterator
@@ -21,19 +20,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import pytest
 import socketio
 from engineio.async_socket import AsyncSocket
 
 from gamelist_service.transport import fastpath, lean, wsframe
 
-from .helpers import Recorder, Serve, async_wait_until, wait_until
-from .test_fastpath import NAMESPACES, RawClient, fast_and_plain, fixed_list, redis_of, start_serve
-from .test_wsframe import raw_frame
+from .clients import CLOSE_OPCODE, NAMESPACES, RawClient, UpgradeClient, WireClient, masked
+from .helpers import Recorder, Serve, async_wait_until, fast_and_plain, fixed_list, redis_of, start_serve, wait_until
 
 PING_FRAME = b'\x81\x012'
-CLOSE_OPCODE = 0x8
 
 
 class SilentClient(RawClient):
@@ -45,30 +41,6 @@ class SilentClient(RawClient):
         if text == '3' and not self.answer:
             return
         super().send(text)
-
-
-class WireClient(RawClient):
-    """A raw websocket client that can also send frames the protocol forbids, and sees the server close."""
-
-    def send_raw(self, data: bytes) -> None:
-        assert self._writer is not None
-        self._writer.write(data)
-
-    def close_code(self) -> int | None:
-        for frame in self.frames:
-            if frame[0] & 0x0F == CLOSE_OPCODE:
-                payload = RawClient.payload(frame)
-                return struct.unpack('!H', payload[:2])[0] if len(payload) >= 2 else wsframe.NO_STATUS
-        return None
-
-    def ended(self) -> bool:
-        """The server closed the TCP connection (the reader met the end of the stream)."""
-        return self._task is not None and self._task.done()
-
-
-def masked(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    """A client frame of any size, masked (with a random key) unless told otherwise."""
-    return raw_frame((0x80 if fin else 0) | opcode, payload, masked=mask, mask=os.urandom(4))
 
 
 @pytest.fixture(scope='module')
@@ -327,52 +299,6 @@ def test_a_library_changed_at_run_time_leaves_the_drivers_handler(caplog: pytest
         assert hub.takeover(SimpleNamespace(), {'sanic.request': request}) is False
     assert hub.enabled is False
     assert caplog.text.count("lean websocket connections off, python-engineio's handler runs them") == 1
-
-
-class UpgradeClient(WireClient):
-    """A raw client that starts on polling and upgrades to websocket, step by step, as socket.io clients do."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
-        self.sid = ''
-        self.http: aiohttp.ClientSession | None = None
-
-    def url(self, transport: str) -> str:
-        return f'http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport={transport}&sid={self.sid}'
-
-    async def open_polling(self) -> None:
-        self.http = aiohttp.ClientSession()
-        async with self.http.get(f'http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=polling') as response:
-            body = await response.text()
-        assert body.startswith('0{'), body
-        self.sid = json.loads(body[1:])['sid']
-
-    async def poll(self) -> str:
-        assert self.http is not None
-        async with self.http.get(self.url('polling')) as response:
-            return f'{response.status} {await response.text()}'
-
-    async def open_websocket(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._writer.write(
-            (
-                f'GET /socket.io/?EIO=4&transport=websocket&sid={self.sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n'
-                f'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n'
-                'Sec-WebSocket-Version: 13\r\n\r\n'
-            ).encode()
-        )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
-        assert head.startswith(b'HTTP/1.1 101'), head
-        self._task = asyncio.get_running_loop().create_task(self._read())
-
-    def texts(self) -> list[str]:
-        return [RawClient._text(f) for f in self.frames]
-
-    async def close(self) -> None:
-        await super().close()
-        if self.http is not None:
-            await self.http.close()
 
 
 @pytest.mark.timeout(30)

@@ -18,8 +18,7 @@ from gamelist_service.config.loader import load_settings
 from gamelist_service.config.settings import LimitSettings
 from gamelist_service.web.limits import RATE_LIMITED, TOO_MANY_CONNECTIONS, ConnectionLimiter, TokenBucket, client_ip
 
-from .conftest import free_port
-from .helpers import Recorder, Serve, async_wait_until, shipped_data, write_config
+from .helpers import Recorder, Serve, async_wait_until, hourly_data, serving, shipped_data, write_config
 
 # --- units -------------------------------------------------------------------------------------------------------
 
@@ -87,15 +86,12 @@ CAP = 3
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    workdir = tmp_path_factory.mktemp('limits')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data()
     data['server']['trust_forwarded_for'] = True  # so each test can be its own address
     # a refill of one event every 10 s: a flood cannot be outrun by the refill during the test
     data['limits'] = {'events_per_second': 0.1, 'burst': BURST, 'max_connections_per_ip': CAP}
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('limits'), data) as serve:
+        yield serve
 
 
 def from_address(ip: str) -> dict[str, Any]:

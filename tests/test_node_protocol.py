@@ -13,22 +13,16 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from .conftest import free_port
-from .helpers import Serve, async_wait_until, shipped_data, write_config
-from .test_fastpath import RawClient
-from .test_lean import UpgradeClient, WireClient
-from .test_security import GuessClient
+from .clients import GuessClient, RawClient, UpgradeClient, WireClient
+from .helpers import Serve, async_wait_until, hourly_data, serving
 
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    workdir = tmp_path_factory.mktemp('node-protocol')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data()
     data['server'].update(ping_interval='300ms', ping_timeout='2s', connect_timeout='1s')
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('node-protocol'), data) as serve:
+        yield serve
     assert 'Traceback' not in serve.log()
 
 

@@ -13,8 +13,7 @@ import socketio
 
 from gamelist_service.web.origins import OriginPolicy
 
-from .conftest import free_port
-from .helpers import Recorder, Serve, shipped_data, write_config
+from .helpers import Recorder, Serve, hourly_data, serving, shipped_data, write_config
 
 SHIPPED = ('http://localhost:3000', 'http://127.0.0.1:3000')
 
@@ -56,12 +55,8 @@ def test_forwarded_host_counts_only_when_trusted() -> None:
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """The shipped CORS list (port 3000 only), on another port."""
-    workdir = tmp_path_factory.mktemp('origins')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('origins'), hourly_data()) as serve:
+        yield serve
 
 
 @pytest.mark.parametrize('transport', ['websocket', 'polling'])

@@ -22,23 +22,10 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from gamelist_service.storage.instances import running
 from gamelist_service.web.page import STATIC_DIR
 
+from .browser import CHROMIUM, CHROMIUM_ARGS, LOBBY_HOST, WAIT_MS, wait_for_log
 from .conftest import cli_command, free_port
-from .helpers import Serve, http_get, shipped_data, write_config
+from .helpers import Serve, hourly_data, http_get, serving
 
-CHROMIUM = Path(os.environ.get('GAMELIST_CHROMIUM', '/usr/bin/chromium'))
-LOBBY_HOST = 'lobby.test'
-CHROMIUM_ARGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    # a name that is not 127.0.0.1 for the page's origin and Host header; the traffic stays on loopback
-    f'--host-resolver-rules=MAP {LOBBY_HOST} 127.0.0.1',
-]
-WAIT_MS = 15_000
 API_TOKEN = 'page-test-token'
 ROWS = '#games tbody tr'
 
@@ -53,13 +40,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     http://127.0.0.1:<port>, is accepted as the service's own."""
     workdir = tmp_path_factory.mktemp('page')
     port = free_port()
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'  # runs once at start; every later change comes from the test's publish
+    data = hourly_data()  # runs once at start; every later change comes from the test's publish
     assert f'http://127.0.0.1:{port}' not in data['server']['cors_allowed_origins']
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), port, env={'GAMELIST_API_TOKEN': API_TOKEN})
-    serve.start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(workdir, data, env={'GAMELIST_API_TOKEN': API_TOKEN}, port=port) as serve:
+        yield serve
 
 
 @pytest.fixture(scope='module')
@@ -138,15 +122,6 @@ def log_entries(page: Page, text: str) -> int:
         text,
     )
     return count
-
-
-def wait_for_log(page: Page, text: str, count: int) -> None:
-    page.wait_for_function(
-        "([text, count]) => [...document.querySelectorAll('#log .entry .title')]"
-        '.filter(e => e.textContent.includes(text)).length >= count',
-        arg=[text, count],
-        timeout=WAIT_MS,
-    )
 
 
 def table(page: Page) -> list[dict[str, str]]:

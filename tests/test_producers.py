@@ -19,10 +19,20 @@ from gamelist_service.errors import ConfigError, StoreError
 from gamelist_service.producers.validation import GameListInvalid
 from gamelist_service.web.sockets import NOT_A_PRODUCER
 
-from .conftest import cli_command, free_port
-from .helpers import CONTRACT_GAME, Recorder, Serve, async_wait_until, shipped_data, wait_until, write_config
-from .test_auth import AUDIENCE, HMAC_KEY, ISSUER, hs_token
-from .test_fastpath import redis_of
+from .conftest import cli_command
+from .helpers import (
+    CONTRACT_GAME,
+    Recorder,
+    Serve,
+    async_wait_until,
+    hourly_data,
+    redis_of,
+    serving,
+    shipped_data,
+    wait_until,
+    write_config,
+)
+from .jwt_tokens import AUDIENCE, HMAC_KEY, ISSUER, hs_token
 
 PRODUCER_TOKEN = 'a-producer-secret-of-32-bytes!!!'
 
@@ -71,9 +81,7 @@ def test_bad_dict_templates_name_each_bad_field(redis_url: str) -> None:
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """Producers hold a shared secret, or a JWT with role=producer on /vip; the list 'pushed' is fed by them."""
-    workdir = tmp_path_factory.mktemp('producers')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data()
     data['producers'] = {'token_env': 'PRODUCER_TOKEN', 'jwt_claim': {'name': 'role', 'value': 'producer'}}
     data['namespaces']['/vip'] = {
         'list': 'current',
@@ -82,10 +90,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     data['namespaces']['/pushed'] = {'list': 'pushed'}
     data['lists']['pushed'] = {'key': 'gamelist:pushed', 'ttl': '2s', 'namespaces': ['/pushed'], 'fed_by': 'producers'}
     env = {'PRODUCER_TOKEN': PRODUCER_TOKEN, 'VIP_JWT_SECRET': HMAC_KEY}
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), env=env).start()
-    assert wait_until(lambda: 'refreshed list current' in serve.log())
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('producers'), data, env=env) as serve:
+        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        yield serve
     assert PRODUCER_TOKEN not in serve.log() and 'Traceback' not in serve.log()
 
 

@@ -15,8 +15,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import free_port
-from .helpers import Recorder, Serve, http_get, shipped_data, write_config
+from .helpers import Recorder, Serve, hourly_data, http_get, serving
 
 TIMEOUT_S = 5.0
 MAX_SIZE = 65536  # server.max_http_buffer_size in the shipped file
@@ -24,12 +23,8 @@ MAX_SIZE = 65536  # server.max_http_buffer_size in the shipped file
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    workdir = tmp_path_factory.mktemp('raw')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('raw'), hourly_data()) as serve:
+        yield serve
     log = serve.log()
     assert 'Traceback' not in log, log[-4000:]  # client garbage is a warning line, never a stack trace
 

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import free_port
-from .helpers import Serve, shipped_data, write_config
+from .helpers import Serve, hourly_data, serving
 
 TOKEN = 'schemathesis-token-0123456789'
 
@@ -18,12 +17,8 @@ TOKEN = 'schemathesis-token-0123456789'
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """A serve with the publish API on (GAMELIST_API_TOKEN), so the PUT routes get past the token."""
-    workdir = tmp_path_factory.mktemp('schemathesis')
-    data = shipped_data()
-    data['schedules'][0]['every'] = '1h'
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), env={'GAMELIST_API_TOKEN': TOKEN})
-    yield serve.start()
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('schemathesis'), hourly_data(), env={'GAMELIST_API_TOKEN': TOKEN}) as serve:
+        yield serve
 
 
 @pytest.mark.timeout(120)

@@ -22,8 +22,8 @@ from gamelist_service.core.lists import utc_now_iso
 from gamelist_service.transport import fastpath, screen
 from gamelist_service.web.sockets import GameNamespace
 
-from .helpers import Serve, wait_until
-from .test_fastpath import RawClient, fast_and_plain, fixed_list, redis_of, start_serve
+from .clients import RawClient
+from .helpers import Serve, fast_and_plain, fixed_list, redis_of, start_serve, wait_until
 
 SCREEN = b'"event":"main:screen"'
 

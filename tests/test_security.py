@@ -26,21 +26,23 @@ from gamelist_service.errors import ConfigError
 from gamelist_service.transport import guards, lean, wsframe
 from gamelist_service.web.limits import ConnectionLimiter, address_key
 
+from .clients import GuessClient, RawClient, UpgradeClient, masked
 from .conftest import free_port
 from .helpers import (
     ADMIN_TOKEN,
     Recorder,
     Serve,
     async_wait_until,
+    hourly_data,
     http_get,
     ready,
+    redis_of,
+    serving,
     shipped_data,
     wait_until,
     write_config,
 )
-from .test_auth import AUDIENCE, HMAC_KEY, ISSUER, SHARED, hs_token
-from .test_fastpath import RawClient, redis_of
-from .test_lean import UpgradeClient, WireClient, masked
+from .jwt_tokens import AUDIENCE, HMAC_KEY, ISSUER, SHARED, hs_token
 
 CAP = 2  # limits.max_connections_per_ip of the module's serve: 4 sockets per address at most
 GAMEPLAY_TOKEN = 'GAMEPLAY_TOKEN'
@@ -49,9 +51,7 @@ GAMEPLAY_TOKEN = 'GAMEPLAY_TOKEN'
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """A serve as the review found it, but for its cap of 2 per address; /gameplay takes a shared token, /vip a JWT."""
-    workdir = tmp_path_factory.mktemp('security')
-    data = shipped_data(admin=True)
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data(admin=True)
     data['limits'] = {'max_connections_per_ip': CAP}
     data['server']['handshake_timeout'] = '2s'
     data['namespaces']['/gameplay']['auth'] = {'mode': 'token', 'token_env': GAMEPLAY_TOKEN}
@@ -60,10 +60,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
         'auth': {'mode': 'jwt', 'jwt': {'secret_env': 'VIP_JWT_SECRET', 'issuer': ISSUER, 'audience': AUDIENCE}},
     }
     env = {GAMEPLAY_TOKEN: SHARED, 'VIP_JWT_SECRET': HMAC_KEY}
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), env=env).start()
-    assert wait_until(lambda: 'refreshed list current' in serve.log())
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path_factory.mktemp('security'), data, env=env) as serve:
+        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        yield serve
     assert 'Traceback' not in serve.log(), serve.log()[-3000:]
 
 
@@ -88,27 +87,6 @@ def _room_for_all(serve: Serve) -> bool:
 async def sockets_released(serve: Serve) -> None:
     """Wait until the server holds no socket of this address any more (the next test starts with its whole share)."""
     assert await async_wait_until(lambda: _room_for_all(serve), timeout_s=10)
-
-
-class GuessClient(WireClient):
-    """A raw websocket client that opens the Engine.IO session and joins only the namespaces it is told to."""
-
-    async def open(self, namespaces: tuple[str, ...] = ()) -> None:
-        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
-        self._writer.write(
-            (
-                'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
-                f'Host: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
-                'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'
-            ).encode()
-        )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
-        assert head.startswith(b'HTTP/1.1 101'), head
-        self._task = asyncio.get_running_loop().create_task(self._read())
-        await self._wait(lambda: any(self._text(f).startswith('0{') for f in self.frames))
-        for ns in namespaces:
-            self.send('40' if ns == '/' else f'40{ns},')
-        await self._wait(lambda: self.connected == set(namespaces))
 
 
 # -- H1: an abandoned upgrade ----------------------------------------------------------------------------------------

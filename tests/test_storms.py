@@ -27,10 +27,9 @@ from gamelist_service.web import server
 from gamelist_service.web.limits import ConnectionLimiter
 from gamelist_service.web.sockets import ClientSummary, GameNamespace
 
+from .clients import GuessClient
 from .conftest import free_port
-from .helpers import Serve, async_wait_until, shipped_data, wait_until, write_config
-from .test_fastpath import fixed_list, redis_of
-from .test_security import GuessClient
+from .helpers import Serve, async_wait_until, fixed_list, redis_of, serving, shipped_data, wait_until, write_config
 
 # -- the listen backlog ----------------------------------------------------------------------------------------------
 
@@ -230,9 +229,8 @@ def cold(tmp_path: Path) -> Iterator[Serve]:
     data = shipped_data()
     data['schedules'] = []
     data['limits'] = {'max_connections_per_ip': 0}
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
-    yield serve
-    assert serve.stop() == 0
+    with serving(tmp_path, data) as serve:
+        yield serve
 
 
 async def test_a_reconnect_storm_with_since_reads_redis_once(cold: Serve) -> None:

@@ -21,23 +21,20 @@ import socketio
 from gamelist_service.transport.handoff import owner_of, request_sid
 from gamelist_service.transport.server import SessionIds
 
-from .conftest import cli_command, free_port
-from .helpers import Serve, async_wait_until, shipped_data, wait_until, write_config
+from .conftest import cli_command
+from .helpers import Serve, async_wait_until, hourly_data, serving, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(scope='module')
 def workers2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    workdir = tmp_path_factory.mktemp('workers2')
-    data = shipped_data(admin=True)
-    data['schedules'][0]['every'] = '1h'
+    data = hourly_data(admin=True)
     data['limits'] = {'max_connections_per_ip': 1000}  # every client here comes from 127.0.0.1
-    serve = Serve(workdir, write_config(workdir / 'games.yaml', data), free_port(), '--workers', '2')
-    serve.start(timeout_s=40)
-    assert wait_until(lambda: serve.log().count('Worker ready') == 2, timeout_s=40)
-    yield serve
-    assert serve.stop() == 0  # also after the SIGKILL test took one of its workers
+    # the stop at the end must be clean also after the SIGKILL test took one of its workers
+    with serving(tmp_path_factory.mktemp('workers2'), data, '--workers', '2', timeout_s=40) as serve:
+        assert wait_until(lambda: serve.log().count('Worker ready') == 2, timeout_s=40)
+        yield serve
 
 
 class Client:

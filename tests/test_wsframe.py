@@ -41,10 +41,11 @@ from gamelist_service.transport.wsframe import (
     text_frame,
 )
 
+from .clients import MASK, raw_frame
+
 BIG = 1 << 20
 SIZES = (0, 1, 125, 126, 127, 65535, 65536, 70000)
 CONTROL_SIZES = (0, 1, 124, 125)
-MASK = b'\x37\xfa\x21\x3d'
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
@@ -55,19 +56,6 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
 def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """What a websockets client writes for one frame (masked with a random key)."""
     return Frame(Opcode(opcode), payload, fin=fin).serialize(mask=True, extensions=[])
-
-
-def raw_frame(first: int, payload: bytes, *, masked: bool = True, mask: bytes = MASK) -> bytes:
-    """A frame built by hand, for the frames websockets refuses to write: first is the whole first byte."""
-    size = len(payload)
-    bit = 0x80 if masked else 0
-    if size < 126:
-        head = bytes((first, bit | size))
-    elif size < 65536:
-        head = struct.pack('!BBH', first, bit | 126, size)
-    else:
-        head = struct.pack('!BBQ', first, bit | 127, size)
-    return head + (mask + ws_apply_mask(payload, mask) if masked else payload)
 
 
 def feed_all(reader: FrameReader, chunks: list[bytes]) -> list[tuple[int, bytes]]:

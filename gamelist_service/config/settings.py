@@ -14,6 +14,10 @@ AuthMode = Literal['none', 'token', 'jwt']
 OverLimit = Literal['disconnect', 'error']
 FedBy = Literal['templates', 'producers']
 EMBEDDED = 'embedded'
+# environment variables that override the file
+ENV_REDIS_URL = 'GAMELIST_REDIS_URL'
+ENV_PORT = 'GAMELIST_PORT'
+ENV_STATE_DIR = 'GAMELIST_STATE_DIR'
 
 
 @dataclass(frozen=True, slots=True)

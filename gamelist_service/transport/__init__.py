@@ -150,6 +150,12 @@ def install(
     if handoff_port is not None:
         from . import handoff, httpproto  # noqa: PLC0415 - several workers only
 
+        if report['httpproto']:
+            logger.warning(
+                'several workers without the guarded connection class (%s): requests of a polling session that land '
+                'on another worker are answered 400 (unknown session), and its client starts again',
+                report['httpproto'],
+            )
         passer = handoff.Handoff(handoff_port, httpproto.adopt)
         sio.eio.generate_id = SessionIds(owner=passer.pid)
     return Transport(sio, fast, hub, passer)

@@ -122,6 +122,13 @@ INTERNALS: tuple[Internal, ...] = (
         'sanic.server.protocols.websocket_protocol.WebSocketProtocol.data_received', 'sanic.http.constants.Stage.REQUEST'),
     *_i('httpproto', 'slot', "the connection's request stage and task",
         'sanic.server.protocols.http_protocol.HttpProtocol._task'),
+    *_i('lean', 'slot', "a websocket taken over at its first bytes: Sanic's timeout timer for it is cancelled",
+        'sanic.server.protocols.http_protocol.HttpProtocol._callback_check_timeouts'),
+    # transport/handoff.py (several workers): a connection handed over is served as Sanic serves its own
+    *_i('httpproto', 'behaviour', 'Sanic builds each connection protocol(**kwargs); adopt() builds one the same way',
+        'sanic.server.runners._serve_http_1'),
+    *_i('httpproto', 'attr', 'session ids that name their worker (a documented method, replaced per server)',
+        'engineio.base_server.BaseServer.generate_id'),
 )  # fmt: skip
 
 

@@ -365,6 +365,10 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         eio_sid = self.rooms.get(namespace, {}).get(None, {}).get(room)
         if eio_sid is None or eio_sid in self._pending or not self.enabled:
             return False
+        return self._write_frame(eio, eio_sid, frame)
+
+    def _write_frame(self, eio: Any, eio_sid: str, frame: bytes) -> bool:
+        """Write a frame to one idle websocket now; False when it cannot take one directly (the normal path does)."""
         sock = eio.sockets.get(eio_sid)
         if sock is None:
             return False
@@ -386,19 +390,9 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         eio = self.server.eio
         if eio.logger.isEnabledFor(logging.INFO):
             return False
-        sock = eio.sockets.get(eio_sid)
-        if sock is None:
-            return False
-        try:
-            transport = direct_transport(sock, time.time(), eio.ping_timeout, self.clock())
-            if transport is None:
-                return False
-            transport.write(wsframe.text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode()))
-        except AttributeError as exc:  # a library changed shape under us: the plain path from now on
-            self.disable(f'{type(exc).__name__}: {exc}')
-            return False
-        _FAST.inc()
-        return True
+        return self._write_frame(
+            eio, eio_sid, wsframe.text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode())
+        )
 
     async def _send_in_order(self, eio_sid: str, packets: list[Any]) -> None:
         for eio_pkt in packets:

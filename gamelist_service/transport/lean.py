@@ -33,6 +33,7 @@ import collections
 import contextvars
 import hashlib
 import logging
+import sys
 import time
 from http import HTTPStatus
 from typing import Any
@@ -479,7 +480,7 @@ def _direct_environ(protocol: Any, data: bytes, eio: Any) -> dict[str, Any] | No
         name, sep, value = line.partition(':')
         if not sep or not name or name != name.strip():
             return None
-        key = 'HTTP_' + name.upper().replace('-', '_')
+        key = sys.intern('HTTP_' + name.upper().replace('-', '_'))  # one string for every connection's environ
         value = value.strip()
         environ[key] = f'{environ[key]},{value}' if key in environ else value
     connection = {token.strip().lower() for token in environ.get('HTTP_CONNECTION', '').split(',')}
@@ -501,6 +502,7 @@ def _direct_environ(protocol: Any, data: bytes, eio: Any) -> dict[str, Any] | No
 
 def _release_request(environ: dict[str, Any]) -> None:
     """Let the handshake's Sanic request (and its protocol) go: the environ keeps the peer address and the headers."""
+    environ.pop(DIRECT_PROTOCOL, None)  # a direct handshake's Sanic protocol: done with
     request = environ.pop('sanic.request', None)
     if request is not None:
         environ['REMOTE_ADDR'] = getattr(request, 'ip', '') or environ.get('REMOTE_ADDR', '')
@@ -598,8 +600,13 @@ class Hub:
         if http is not None:
             http.keep_alive = False
         sanic_protocol.connections.discard(sanic_protocol)
-        if direct and sanic_protocol._task is not None:
-            sanic_protocol._task.cancel()  # Sanic's task still waits for a request (or has not started): it ends
+        if direct:
+            if sanic_protocol._task is not None:
+                sanic_protocol._task.cancel()  # Sanic's task still waits for a request (or has not started): it ends
+            timer = sanic_protocol._callback_check_timeouts
+            if timer is not None:  # else it re-arms itself and keeps Sanic's protocol alive for its keep-alive time
+                timer.cancel()
+                sanic_protocol._callback_check_timeouts = None
         return transport, early, ip
 
     def direct_handshake(self, protocol: Any, data: bytes) -> bool:
