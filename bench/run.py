@@ -126,6 +126,7 @@ class ServerSpec:
     kind: str  # 'py' or 'node'
     fast: bool = True
     workers: int = 1
+    compression: bool = True  # server.compression (it applies to clients that offer permessage-deflate: --deflate)
 
 
 SPECS = {
@@ -133,16 +134,21 @@ SPECS = {
     'node-socket.io': ServerSpec('node-socket.io', 'node'),
     'gamelist-service-plain': ServerSpec('gamelist-service-plain', 'py', fast=False),
     'gamelist-service-w2': ServerSpec('gamelist-service-w2', 'py', workers=2),
+    'gamelist-service-nodeflate': ServerSpec('gamelist-service-nodeflate', 'py', compression=False),
 }
 
 
-def start_server(spec: ServerSpec, port: int, redis_url: str, workdir: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    spec: ServerSpec, port: int, redis_url: str, workdir: Path, deflate: bool = False
+) -> subprocess.Popen[bytes]:
     logfile = (workdir / f'{spec.name}-{port}.log').open('wb')
     if spec.kind == 'node':
         cmd = ['node', str(NODE_DIR / 'ref_server.js'), '--port', str(port), '--redis', redis_url]
+        if deflate:
+            cmd += ['--deflate', '1']
     else:
         config = yaml.safe_load((ROOT / 'config' / 'games.yaml').read_text())
-        config['server'].update(transports=['websocket'], fast_path=spec.fast)
+        config['server'].update(transports=['websocket'], fast_path=spec.fast, compression=spec.compression)
         config['redis']['url'] = redis_url
         config['schedules'] = []  # the runner writes and publishes every list
         # the request mode asks in a closed loop, far over the default 20 events/s per connection (Node has no limit)
@@ -179,10 +185,10 @@ def serve_supports_workers() -> bool:
 
 
 class LoadGen:
-    def __init__(self, port: int, n: int, rate: int, deadline_s: float) -> None:
+    def __init__(self, port: int, n: int, rate: int, deadline_s: float, deflate: bool = False) -> None:
         self.proc = subprocess.Popen(
             ['node', str(NODE_DIR / 'loadgen.js'), '--port', str(port), '--n', str(n), '--rate', str(rate),
-             '--deadline', str(int(deadline_s))],
+             '--deadline', str(int(deadline_s)), '--deflate', '1' if deflate else '0'],
             cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
 
@@ -269,6 +275,8 @@ class Run:
     screen: dict[str, Any] = field(default_factory=dict)
     written: list[dict[str, Any]] = field(default_factory=list)  # the capacity phase, one entry per broadcast
     disconnected: int = 0
+    wire_bytes: int = 0  # bytes the clients read during the broadcasts (all of them)
+    deflated_clients: int = 0  # clients that negotiated permessage-deflate
     error: str = ''
 
 
@@ -276,12 +284,12 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
     run = Run(spec.name, n, rep)
     port = free_port()
     write_and_publish(r)  # a list in Redis before the server starts
-    proc = start_server(spec, port, args.redis_url, workdir)
+    proc = start_server(spec, port, args.redis_url, workdir, args.deflate)
     gen: LoadGen | None = None
     try:
         time.sleep(1.0)
         run.rss_idle_kb = rss_kb(proc.pid)
-        gen = LoadGen(port, n, args.rate, args.ramp_deadline)
+        gen = LoadGen(port, n, args.rate, args.ramp_deadline, args.deflate)
         ready = gen.read('ready', args.ramp_deadline + 30)
         run.joined, run.ramp_s = ready['joined'], ready['ramp_s']
         log(f'{spec.name} N={n} rep={rep}: {run.joined} joined in {run.ramp_s:.1f}s')
@@ -296,6 +304,8 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
                  '--duration', str(int(args.broadcasts * args.interval)), '--nonblocking'],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        gen.command('bytes')
+        before = gen.read('bytes', 30)
         start = time.monotonic()
         for i in range(args.broadcasts):
             target = start + i * args.interval
@@ -310,6 +320,9 @@ def one_run(spec: ServerSpec, n: int, rep: int, args: argparse.Namespace, r: red
             except subprocess.TimeoutExpired:
                 stop_process(spy)
         stats = drain(gen, versions, run.joined, args.drain)
+        gen.command('bytes')
+        after = gen.read('bytes', 30)
+        run.wire_bytes, run.deflated_clients = after['total'] - before['total'], after['deflate']
         run.disconnected = stats['disconnected_after_join']
         for i, version in enumerate(versions):
             got = stats['versions'].get(str(version), {})
@@ -465,6 +478,8 @@ def summary(runs: list[Run]) -> dict[str, Any]:
         'cpu_us_per_client': (med([b['cpu_ms'] for b in bs]) or 0) * 1000 / joined if joined else None,
         'rss_mb': (med([r.rss_ready_kb for r in ok]) or 0) / 1024,
         'rss_kb_per_conn': med([(r.rss_ready_kb - r.rss_idle_kb) / r.joined for r in ok if r.joined]),
+        'wire_bytes': med([r.wire_bytes / r.joined / len(r.broadcasts) for r in ok if r.joined and r.broadcasts]),
+        'deflated_clients': min((r.deflated_clients for r in ok), default=None),
         'screen_acks_per_s': med([r.screen.get('acks_per_s') for r in ok]),
         'screen_p50_ms': med([r.screen.get('p50_ms') for r in ok]),
         'screen_p99_ms': med([r.screen.get('p99_ms') for r in ok]),
@@ -487,6 +502,8 @@ COLUMNS = [  # key, header, format, lower is better (None: no ratio)
     ('cpu_us_per_client', 'CPU µs / client / broadcast', '{:.1f}', True),
     ('rss_mb', 'RSS MB', '{:.0f}', True),
     ('rss_kb_per_conn', 'RSS KB / connection', '{:.1f}', True),
+    ('wire_bytes', 'wire bytes / client / broadcast (both namespaces)', '{:.0f}', True),
+    ('deflated_clients', 'clients with permessage-deflate (min)', '{:.0f}', None),
     ('screen_acks_per_s', 'main:screen acks/s', '{:.0f}', False),
     ('screen_p50_ms', 'main:screen p50 ms', '{:.2f}', True),
     ('screen_p99_ms', 'main:screen p99 ms', '{:.2f}', True),
@@ -619,6 +636,11 @@ def main() -> int:
     parser.add_argument('--screen-clients', type=int, default=100)
     parser.add_argument('--out', type=Path, default=None, help='default bench/RESULTS.md (smoke: a temp file)')
     parser.add_argument('--profile', type=Path, default=None, help='py-spy the Python servers; raw stacks here')
+    parser.add_argument(
+        '--deflate',
+        action='store_true',
+        help='clients offer permessage-deflate, and Node runs with perMessageDeflate on (threshold 1 KB)',
+    )
     parser.add_argument('--smoke', action='store_true', help='N=50, 3 broadcasts, 1 run: show the suite works')
     args = parser.parse_args()
     # SIGTERM unwinds like an exception, so every finally below stops what it started

@@ -70,6 +70,12 @@ LIST_CACHE = Counter(
     'Lookups of the in-memory copy of a list, per result: hit, or miss (then it is read from Redis, once for all waiting)',
     ['result'],
 )
+DEFLATED_FRAMES = Counter(
+    'gamelist_deflated_frames',
+    'Frames compressed (permessage-deflate), per kind: a broadcast or catch-up packet, compressed once for every '
+    'connection that negotiated the extension (broadcast), or one message to one connection (single)',
+    ['kind'],
+)
 HANDOFFS = Counter(
     'gamelist_worker_handoffs',
     'Connections carrying a request of a session another worker holds, per direction: handed to that worker '

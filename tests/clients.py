@@ -9,6 +9,7 @@ import json
 import os
 import re
 import struct
+import zlib
 from typing import Any, Self
 
 import aiohttp
@@ -45,8 +46,10 @@ def masked(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> 
 class RawClient:
     """A websocket Socket.IO client on a bare TCP stream that records every server frame byte for byte."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, extensions: str | None = None) -> None:
         self.port = port
+        self.extensions = extensions  # a Sec-WebSocket-Extensions offer (permessage-deflate), or none
+        self.head = b''  # the handshake's answer
         self.frames: list[bytes] = []  # raw frames: header and payload as they came off the socket
         self.connected: set[str] = set()
         self._reader: asyncio.StreamReader | None = None
@@ -60,12 +63,15 @@ class RawClient:
             (
                 'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
                 f'Host: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
-                f'Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n'
+                f'Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n'
+                + (f'Sec-WebSocket-Extensions: {self.extensions}\r\n' if self.extensions else '')
+                + '\r\n'
             ).encode()
         )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
+        head = self.head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
         assert head.startswith(b'HTTP/1.1 101'), head
-        assert b'sec-websocket-extensions' not in head.lower(), head  # no compression: frames are shareable
+        if not self.extensions:
+            assert b'sec-websocket-extensions' not in head.lower(), head  # none offered: plain frames
         self._task = asyncio.get_running_loop().create_task(self._read())
         await self._wait(lambda: any(self._text(f).startswith('0{') for f in self.frames))
         for ns in NAMESPACES:
@@ -82,12 +88,20 @@ class RawClient:
 
     @staticmethod
     def _text(frame: bytes) -> str:
-        return RawClient.payload(frame).decode('utf-8', 'replace')
+        return RawClient.message(frame).decode('utf-8', 'replace')
 
     @staticmethod
     def payload(frame: bytes) -> bytes:
         length = frame[1] & 0x7F
         return frame[{126: 4, 127: 10}.get(length, 2) :]
+
+    @staticmethod
+    def message(frame: bytes) -> bytes:
+        """The frame's message: its payload, inflated when RSV1 says it is compressed (no context takeover)."""
+        body = RawClient.payload(frame)
+        if frame[0] & 0x40:
+            return zlib.decompressobj(-15).decompress(body + b'\x00\x00\xff\xff')
+        return body
 
     async def _read(self) -> None:
         assert self._reader is not None

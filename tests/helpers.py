@@ -8,6 +8,7 @@ import copy
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -361,3 +362,11 @@ def fixed_list(version: int) -> dict[str, Any]:
         'total_players': 300000,
         'version': version,
     }
+
+
+def metric(serve: Serve, name: str, labels: str = '') -> float:
+    """One sample of serve's /metrics (all workers added up), 0 when it is not there yet: metric(s, 'x_total', '{a="b"}')."""
+    with urllib.request.urlopen(f'{serve.url}/metrics', timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf'^{re.escape(name + labels)} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -15,7 +15,7 @@ import redis
 
 from gamelist_service.storage.instances import running
 
-from .helpers import ROOT, Serve, hourly_data, serving, wait_until
+from .helpers import ROOT, Serve, hourly_data, metric, serving, wait_until
 
 NODE_DIR = ROOT / 'bench' / 'node'
 SCRIPT = NODE_DIR / 'js_client_check.js'
@@ -91,6 +91,8 @@ def test_official_js_client_gets_broadcasts_and_acks(served: Serve, transport: s
     assert all(line['game_name'] == NAME for line in updates)
     assert all(line['transport'] == transport.split(',')[-1] for line in updates)  # after the upgrade, if any
     assert lines[-1] == {'done': True}
+    if transport == 'websocket':  # ws offers permessage-deflate: the main:screen replies (over 1 KB) came compressed
+        assert metric(served, 'gamelist_deflated_frames_total', '{kind="single"}') >= 2
 
 
 def test_node_dir_is_locked() -> None:

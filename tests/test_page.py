@@ -24,7 +24,7 @@ from gamelist_service.web.page import STATIC_DIR
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, LOBBY_HOST, WAIT_MS, wait_for_log
 from .conftest import cli_command, free_port
-from .helpers import Serve, hourly_data, http_get, serving
+from .helpers import Serve, hourly_data, http_get, metric, serving
 
 API_TOKEN = 'page-test-token'
 ROWS = '#games tbody tr'
@@ -216,6 +216,8 @@ def test_page_shows_the_list_and_updates_it_in_place_after_publish(page: Page, s
         f'{statistics.median(t[1] for t in latencies_ms):.1f} ms from the list being built'
     )
     assert_table_shows(page, current_list(served))
+    # Chromium offers permessage-deflate: the lists it showed came compressed (server.compression is on)
+    assert metric(served, 'gamelist_deflated_frames_total', '{kind="broadcast"}') >= 3
     assert page.evaluate("[...document.querySelectorAll('#games tbody tr')].every(r => r.dataset.marked === 'yes')")
     assert page.evaluate('window.flashes') > 0
     assert log_entries(page, 'game_list:updated') == 3

@@ -722,7 +722,7 @@ class CountingReader(FrameReader):
         super().__init__(max_size)
         self.parses = 0
 
-    def _header(self, buffer: bytes | bytearray, pos: int, total: int) -> tuple[int, bool, int, int] | None:
+    def _header(self, buffer: bytes | bytearray, pos: int, total: int) -> tuple[int, bool, int, int, bool] | None:
         self.parses += 1
         return super()._header(buffer, pos, total)
 

@@ -9,6 +9,7 @@
 //   stats            -> {"stats": {...}} per version: receipts per namespace, first/last arrival, latency percentiles
 //   screen S K       -> K clients send main:screen with an ack, each again as soon as its ack came, for S seconds;
 //                       {"screen": {acks, acks_per_s, p50_ms, p99_ms, max_ms}}
+//   bytes            -> {"bytes": {total, deflate}}: bytes read off the wire so far, clients that negotiated deflate
 //   quit             -> close every socket and exit
 // Every loop is bounded: the ramp by --deadline, each screen run by S.
 'use strict';
@@ -16,7 +17,7 @@ const WebSocket = require('ws');
 const readline = require('readline');
 const { performance } = require('perf_hooks');
 
-const args = { port: 3000, n: 100, rate: 1000, inflight: 100, deadline: 600 };
+const args = { port: 3000, n: 100, rate: 1000, inflight: 100, deadline: 600, deflate: 0 };
 for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = Number(process.argv[i + 1]);
 const url = `ws://127.0.0.1:${args.port}/socket.io/?EIO=4&transport=websocket`;
 const now = () => performance.timeOrigin + performance.now(); // ms since the epoch, sub-ms resolution
@@ -49,7 +50,8 @@ function connectOne(i) {
   inflight++;
   started++;
   const c = { ws: null, joined: 0, ackId: 0, sentAt: 0, done: false };
-  const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 30000 });
+  // --deflate 1: offer permessage-deflate (ws's default offer, as browsers make one); else offer nothing
+  const ws = new WebSocket(url, { perMessageDeflate: args.deflate ? {} : false, handshakeTimeout: 30000 });
   c.ws = ws;
   ws.on('open', () => { opened++; });
   ws.on('message', (buf, isBinary) => {
@@ -137,6 +139,18 @@ function stats() {
   return { joined, failed, disconnected_after_join: disconnectedAfterJoin, pings, versions };
 }
 
+// bytes read off the wire by every open client so far (TCP payload: frames as sent, compressed or not), and how many
+// clients negotiated permessage-deflate
+function wireBytes() {
+  let total = 0, deflate = 0;
+  for (const c of clients) {
+    const sock = c.ws && c.ws._socket;
+    if (sock) total += sock.bytesRead;
+    if (c.ws && c.ws.extensions && c.ws.extensions.includes('permessage-deflate')) deflate++;
+  }
+  return { total, deflate };
+}
+
 function screenSend(c) {
   c.ackId++;
   c.sentAt = now();
@@ -171,6 +185,7 @@ function startScreen(seconds, k) {
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   const [cmd, a, b] = line.trim().split(/\s+/);
   if (cmd === 'stats') out({ stats: stats() });
+  else if (cmd === 'bytes') out({ bytes: wireBytes() });
   else if (cmd === 'screen') startScreen(Number(a), Number(b));
   else if (cmd === 'quit') {
     for (const c of clients) { c.done = true; c.closedCounted = true; try { c.ws.terminate(); } catch (e) { /* gone */ } }

@@ -29,7 +29,10 @@ const envelope = (data, event, message) => ({ status: 'success', message, data, 
 const server = http.createServer((req, res) => {
   if (req.url === '/health') { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"status":"ok"}'); }
 });
-const io = new Server(server, { pingInterval: 25000, pingTimeout: 20000, maxHttpBufferSize: 65536 });
+// --deflate 1: permessage-deflate on (socket.io's default is off), compressing messages of 1 KB or more, as
+// gamelist-service's default compression_threshold
+const io = new Server(server, { pingInterval: 25000, pingTimeout: 20000, maxHttpBufferSize: 65536,
+  perMessageDeflate: Number(args.deflate) ? { threshold: 1024 } : false });
 const redis = new Redis(args.redis);
 const sub = new Redis(args.redis);
 let latest = null; // {version, data}

@@ -93,6 +93,8 @@ def build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings:
             connect_timeout_s=parse_duration(server['connect_timeout']),
             handshake_timeout_s=parse_duration(server['handshake_timeout']),
             backlog=server['backlog'],
+            compression=server['compression'],
+            compression_threshold=server['compression_threshold'],
             admin_token_env=server.get('admin_token_env', ''),
             admin_token=env.get(server['admin_token_env'], '') if 'admin_token_env' in server else '',
             metrics_listen=_host_port(server['metrics_listen']) if 'metrics_listen' in server else None,

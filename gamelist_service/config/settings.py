@@ -43,6 +43,8 @@ class ServerSettings:
         'server', 'handshake_timeout'
     )  # the whole request head must arrive within this time
     backlog: int = default('server', 'backlog')
+    compression: bool = default('server', 'compression')
+    compression_threshold: int = default('server', 'compression_threshold')
     admin_token_env: str = ''
     admin_token: str = field(default='', repr=False)  # unlocks /ready's details: never in a repr or a log
     metrics_listen: tuple[str, int] | None = None  # a separate listener for /metrics

@@ -117,11 +117,19 @@ class Transport:
 
 
 def install(
-    sio: GamelistServer, app: Any, service: Any, namespace_class: type, *, handoff_port: int | None = None
+    sio: GamelistServer,
+    app: Any,
+    service: Any,
+    namespace_class: type,
+    *,
+    handoff_port: int | None = None,
+    deflate_threshold: int | None = None,
 ) -> Transport:
     """Hook transport/ into the server and the Sanic app (before sio.attach(app)); returns the handle.
 
     :param namespace_class: the service's AsyncNamespace class, whose main:screen the direct answers reproduce.
+    :param deflate_threshold: permessage-deflate with clients that offer it, for messages of at least this many
+        bytes (lean connections); None: never negotiated.
     :param handoff_port: with several workers, the port they share: each request of a session is served by the
         worker that holds it (handoff.py), so polling works without a sticky load balancer.
     """
@@ -135,7 +143,7 @@ def install(
 
         fastpath.install(sio)
         if not report['lean']:
-            hub = lean.install(sio, sio.manager)
+            hub = lean.install(sio, sio.manager, deflate_threshold)
         if not report['slim']:
             slim.install(sio, sio.manager)
         responder = screen.install(sio, service, namespace_class) if not report['screen'] else None

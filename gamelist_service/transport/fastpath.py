@@ -26,12 +26,13 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from ..metrics import FANOUT_WRITES
+from ..metrics import DEFLATED_FRAMES, FANOUT_WRITES
 from . import rooms, wsframe
 
 logger = logging.getLogger('gamelist_service.transport.fastpath')
 _FAST = FANOUT_WRITES.labels('fast')
 _PLAIN = FANOUT_WRITES.labels('plain')
+_DEFLATED = DEFLATED_FRAMES.labels('broadcast')
 
 try:  # the imports themselves are part of the check: a rename disables the fast path, it does not crash
     from engineio.async_drivers import sanic as _eio_sanic
@@ -93,6 +94,39 @@ class _FakeEioServer:
     @staticmethod
     def create_queue() -> asyncio.Queue[Any]:
         return asyncio.Queue()
+
+
+class Outgoing:
+    """One Socket.IO packet on its way to many websockets: its plain frame, and its compressed frame
+    (permessage-deflate, no context takeover) made at most once per window size, when a connection that negotiated
+    the extension needs it."""
+
+    __slots__ = ('_deflated', 'eio_pkt', 'frame', 'payload')
+
+    def __init__(self, eio_pkt: Any, payload: bytes) -> None:
+        self.eio_pkt = eio_pkt
+        self.payload = payload
+        self.frame = wsframe.frame(wsframe.TEXT, payload)
+        self._deflated: dict[int, bytes] | None = None
+
+    def frame_for(self, bits: int, hub: Any) -> bytes:
+        """The bytes for a connection whose deflate window is bits (0: it did not negotiate the extension)."""
+        if not bits or len(self.payload) < hub.deflate_threshold:
+            return self.frame
+        deflated = self._deflated
+        if deflated is None:
+            deflated = self._deflated = {}
+        found = deflated.get(bits)
+        if found is None:
+            found = deflated[bits] = wsframe.deflated_frame(wsframe.TEXT, self.payload, bits, hub.deflate_level)
+            _DEFLATED.inc()
+        return found
+
+
+def deflate_bits(sock: Any) -> int:
+    """The permessage-deflate window a session's lean connection negotiated, 0 for none (or no lean connection)."""
+    lean = getattr(sock, 'lean', None)
+    return getattr(lean, 'deflate_bits', 0) if lean is not None else 0
 
 
 def create_manager(rooms_indexed: bool = True) -> FastAsyncManager:
@@ -186,14 +220,14 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         self.enabled = True
         self.installed = False
         self.clock: Callable[[], float] = time.monotonic
-        self._frames: list[tuple[bytes, Any]] = []  # this turn's (frame, engineio packet), by index
+        self._frames: list[Outgoing] = []  # this turn's packets, by index
         self._pending: dict[str, list[int]] = {}  # eio sid -> indices into _frames, in emit order
         self._flush_handle: asyncio.Handle | None = None
         self._flush_done: asyncio.Future[None] | None = None  # resolved when _flush has written this turn's frames
         self._tasks: set[asyncio.Task[None]] = set()
         # the last events emitted, by (id of their data object, event, namespace): (that object, its frame, its engineio
         # packet); the same object emitted again (to one client after another, in each namespace) is not encoded again
-        self._encoded: dict[tuple[int, str, str], tuple[Any, bytes, Any]] = {}
+        self._encoded: dict[tuple[int, str, str], tuple[Any, Outgoing]] = {}
         # called with (engineio AsyncSocket, Sanic websocket) when a connection's websocket is recorded
         self.on_websocket: list[Callable[[Any, Any], None]] = []
         # runs websocket connections, direct or upgraded from polling (lean.Hub); None: python-engineio's handler does
@@ -247,7 +281,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         key = (id(original), event, namespace)
         held = self._encoded.get(key)
         if held is not None and held[0] is original:
-            frame, eio_pkt = held[1], held[2]  # the same object again (the catch-up list of a reconnect storm)
+            item = held[1]  # the same object again (the catch-up list of a reconnect storm)
         else:
             pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data])
             encoded = pkt.encode()
@@ -255,13 +289,13 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
                 await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
                 return
             eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-            frame = wsframe.text_frame(eio_pkt.encode())
+            item = Outgoing(eio_pkt, eio_pkt.encode().encode('utf-8'))
             if len(self._encoded) >= ENCODED_KEPT:
                 self._encoded.clear()
-            self._encoded[key] = (original, frame, eio_pkt)
-        if isinstance(room, str) and skip_sid == [None] and self._write_to_one(eio, namespace, room, frame):
+            self._encoded[key] = (original, item)
+        if isinstance(room, str) and skip_sid == [None] and self._write_to_one(eio, namespace, room, item):
             return  # one client, idle, nothing of this turn waiting for it: written now (a catch-up list)
-        stashed, slow = self._stash(eio, namespace, room, skip_sid, (frame, eio_pkt))
+        stashed, slow = self._stash(eio, namespace, room, skip_sid, item)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 'fast emit %s to %s: %d frames to write directly, %d queued', event, namespace, stashed, len(slow)
@@ -269,11 +303,9 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         if slow:
             _PLAIN.inc(len(slow))
             send = self.server._send_eio_packet
-            await asyncio.wait([asyncio.create_task(send(eio_sid, eio_pkt)) for eio_sid in slow])
+            await asyncio.wait([asyncio.create_task(send(eio_sid, item.eio_pkt)) for eio_sid in slow])
 
-    def _stash(
-        self, eio: Any, namespace: str, room: Any, skip_sid: list[Any], item: tuple[bytes, Any]
-    ) -> tuple[int, list[str]]:
+    def _stash(self, eio: Any, namespace: str, room: Any, skip_sid: list[Any], item: Outgoing) -> tuple[int, list[str]]:
         """Note the frame for every idle recipient (written by _flush); returns how many, and the others' eio sids."""
         sockets = eio.sockets
         ping_timeout = eio.ping_timeout
@@ -322,7 +354,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         ping_timeout = eio.ping_timeout
         now = time.time()
         mono = self.clock()
-        joined: dict[tuple[int, ...], bytes] = {}
+        joined: dict[tuple[tuple[int, ...], int], bytes] = {}
+        hub = self.lean_hub
         fallback: list[tuple[str, list[int]]] = []
         written = 0
         for eio_sid, indices in pending.items():
@@ -334,11 +367,14 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
                 if transport is None:
                     fallback.append((eio_sid, indices))
                     continue
+                bits = deflate_bits(sock) if hub is not None else 0
                 if len(indices) == 1:
-                    data = frames[indices[0]][0]
+                    data = frames[indices[0]].frame_for(bits, hub)
                 else:
-                    key = tuple(indices)
-                    data = joined.get(key) or joined.setdefault(key, b''.join(frames[i][0] for i in indices))
+                    key = (tuple(indices), bits)
+                    data = joined.get(key) or joined.setdefault(
+                        key, b''.join(frames[i].frame_for(bits, hub) for i in indices)
+                    )
                 transport.write(data)
                 written += 1
             except AttributeError as exc:  # a library changed shape under us: the plain path from now on
@@ -348,7 +384,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         loop = asyncio.get_running_loop()
         for eio_sid, indices in fallback:
             _PLAIN.inc(len(indices))
-            task = loop.create_task(self._send_in_order(eio_sid, [frames[i][1] for i in indices]))
+            task = loop.create_task(self._send_in_order(eio_sid, [frames[i].eio_pkt for i in indices]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if done is not None and not done.done():
@@ -360,15 +396,15 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         if done is not None:
             await asyncio.shield(done)
 
-    def _write_to_one(self, eio: Any, namespace: str, room: str, frame: bytes) -> bool:
+    def _write_to_one(self, eio: Any, namespace: str, room: str, item: Outgoing) -> bool:
         """An emit to one client's own room: write its frame now when nothing of this turn waits for that client."""
         eio_sid = self.rooms.get(namespace, {}).get(None, {}).get(room)
         if eio_sid is None or eio_sid in self._pending or not self.enabled:
             return False
-        return self._write_frame(eio, eio_sid, frame)
+        return self._write_frame(eio, eio_sid, item)
 
-    def _write_frame(self, eio: Any, eio_sid: str, frame: bytes) -> bool:
-        """Write a frame to one idle websocket now; False when it cannot take one directly (the normal path does)."""
+    def _write_frame(self, eio: Any, eio_sid: str, item: Outgoing) -> bool:
+        """Write a packet to one idle websocket now; False when it cannot take one directly (the normal path does)."""
         sock = eio.sockets.get(eio_sid)
         if sock is None:
             return False
@@ -376,7 +412,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             transport = direct_transport(sock, time.time(), eio.ping_timeout, self.clock())
             if transport is None:
                 return False
-            transport.write(frame)
+            hub = self.lean_hub
+            transport.write(item.frame_for(deflate_bits(sock), hub) if hub is not None else item.frame)
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False
@@ -390,9 +427,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         eio = self.server.eio
         if eio.logger.isEnabledFor(logging.INFO):
             return False
-        return self._write_frame(
-            eio, eio_sid, wsframe.text_frame(eio_packet.Packet(eio_packet.MESSAGE, encoded).encode())
-        )
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        return self._write_frame(eio, eio_sid, Outgoing(eio_pkt, eio_pkt.encode().encode('utf-8')))
 
     async def _send_in_order(self, eio_sid: str, packets: list[Any]) -> None:
         for eio_pkt in packets:

@@ -53,10 +53,12 @@ except ImportError as exc:  # pragma: no cover - only with other library version
     AsyncSocket = Http = HttpProtocol = object  # type: ignore[misc,assignment]
     _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
+from ..metrics import DEFLATED_FRAMES
 from . import slim, wsframe
 from .guards import engineio_frame_ok
 
 logger = logging.getLogger('gamelist_service.transport.lean')
+_DEFLATED_SINGLE = DEFLATED_FRAMES.labels('single')
 
 ACCEPT_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 SLOW_CLIENT_BYTES = 4 * 1024 * 1024  # unsent bytes at which a client that stopped reading is disconnected
@@ -186,7 +188,19 @@ class _Closing(asyncio.Protocol):
 class LeanConnection(asyncio.Protocol):
     """One websocket connection of an Engine.IO session; see the module docstring."""
 
-    __slots__ = ('backlog', 'deadline', 'hub', 'inflight', 'ip', 'ping_handle', 'reader', 'sock', 'stage', 'transport')
+    __slots__ = (
+        'backlog',
+        'deadline',
+        'deflate_bits',
+        'hub',
+        'inflight',
+        'ip',
+        'ping_handle',
+        'reader',
+        'sock',
+        'stage',
+        'transport',
+    )
 
     def __init__(self, sock: Any, hub: Hub, transport: Any, ip: str | None = None) -> None:
         self.sock = sock
@@ -199,6 +213,7 @@ class LeanConnection(asyncio.Protocol):
         self.backlog: list[tuple[int, bytes]] | None = None  # frames received while MAX_IN_FLIGHT were in flight
         self.stage = OPEN  # or, for an upgrade from polling, PROBING, then UPGRADING
         self.ip = ip  # the address this socket is counted under (limits), released when it closes
+        self.deflate_bits = 0  # permessage-deflate negotiated: the window its compressed frames use (0: none)
 
     # -- the transport's callbacks
 
@@ -401,9 +416,18 @@ class LeanConnection(asyncio.Protocol):
     def write_packet(self, pkt: Any) -> None:
         encoded = pkt.encode()
         if isinstance(encoded, str):
-            self.write(wsframe.text_frame(encoded))
+            self.write(self.frame_for(encoded.encode('utf-8')))
         else:
-            self.write(wsframe.frame(wsframe.BINARY, encoded))
+            self.write(self.frame_for(encoded, wsframe.BINARY))
+
+    def frame_for(self, payload: bytes, opcode: int = wsframe.TEXT) -> bytes:
+        """The frame of one message for this connection: compressed when it negotiated permessage-deflate and the
+        message is at least the compression threshold."""
+        bits = self.deflate_bits
+        if bits and len(payload) >= self.hub.deflate_threshold:
+            _DEFLATED_SINGLE.inc()
+            return wsframe.deflated_frame(opcode, payload, bits, self.hub.deflate_level)
+        return wsframe.frame(opcode, payload)
 
     def close(self, code: int, reason: str = '') -> None:
         """Send a close frame and close the transport (after what is buffered is written); the session then ends.
@@ -513,9 +537,13 @@ def _release_request(environ: dict[str, Any]) -> None:
 class Hub:
     """Takes over the directly connected websockets of one Engine.IO server, and ends their sessions."""
 
-    def __init__(self, sio: Any) -> None:
+    def __init__(self, sio: Any, deflate_threshold: int | None = None) -> None:
         self.sio = sio
         self.eio = sio.eio
+        # permessage-deflate for clients that offer it, for messages of at least this many bytes (None: never)
+        self.deflate_threshold = deflate_threshold if deflate_threshold is not None else 0
+        self.deflate = deflate_threshold is not None
+        self.deflate_level = 6
         self.direct = True  # handshakes answered without Sanic's request machinery (direct_handshake)
         self.responder: Any = None  # screenpath.ScreenResponder, when main:screen is answered in place
         self.gate: Any = getattr(sio, 'gate', None)  # protocol.Gate: each client packet counted where it arrives
@@ -564,16 +592,17 @@ class Hub:
             )
         if answered is None:
             return False
-        transport, early, ip = answered
+        transport, early, ip, bits = answered
         _release_request(environ)
         # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
         # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
-        contextvars.Context().run(self._attach, sock, transport, early, ip)
+        contextvars.Context().run(self._attach, sock, transport, early, ip, bits)
         return True
 
-    def _switch(self, transport: Any, headers: Any, direct: bool = False) -> tuple[Any, bytes, str | None] | None:
+    def _switch(self, transport: Any, headers: Any, direct: bool = False) -> tuple[Any, bytes, str | None, int] | None:
         """Answer a websocket handshake (101) and take the connection from Sanic: (transport, bytes the client sent
-        after its handshake, the address its socket is counted under); None (nothing done) when it cannot.
+        after its handshake, the address its socket is counted under, the permessage-deflate window bits or 0); None
+        (nothing done) when it cannot.
 
         :param direct: a handshake Sanic never parsed (direct_handshake): its connection task is ended here.
         """
@@ -591,9 +620,11 @@ class Hub:
             sanic_protocol.counted_ip = None  # whoever takes the connection releases it, when it closes
         early = bytes(sanic_protocol.recv_buffer)  # frames the client sent before the 101 (it should not)
         sanic_protocol.recv_buffer.clear()
+        negotiated = wsframe.negotiate_deflate(wsframe.offered_extensions(headers)) if self.deflate else None
+        extension = b'' if negotiated is None else b'Sec-WebSocket-Extensions: ' + negotiated[0].encode() + b'\r\n'
         transport.write(
             b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
-            b'Sec-WebSocket-Accept: ' + accept.encode('ascii') + b'\r\n\r\n'
+            b'Sec-WebSocket-Accept: ' + accept.encode('ascii') + b'\r\n' + extension + b'\r\n'
         )
         # Sanic ends this request as after any response, on a transport that is no longer the client's
         sanic_protocol.transport = _Detached()
@@ -607,7 +638,7 @@ class Hub:
             if timer is not None:  # else it re-arms itself and keeps Sanic's protocol alive for its keep-alive time
                 timer.cancel()
                 sanic_protocol._callback_check_timeouts = None
-        return transport, early, ip
+        return transport, early, ip, 0 if negotiated is None else negotiated[1]
 
     def direct_handshake(self, protocol: Any, data: bytes) -> bool:
         """A new connection's first bytes: a plain websocket handshake (/socket.io/?EIO=4&transport=websocket, the
@@ -655,14 +686,17 @@ class Hub:
             return False
         if answered is None:
             return False
-        transport, _, ip = answered
+        transport, _, ip, _ = answered
         transport.set_protocol(_Closing(self, ip))
         transport.write(wsframe.frame(wsframe.CLOSE, b''))  # no status, as Node's ws.close() sends
         transport.close()
         return True
 
-    def _attach(self, sock: Any, transport: Any, early: bytes, ip: str | None) -> None:
+    def _attach(self, sock: Any, transport: Any, early: bytes, ip: str | None, deflate_bits: int = 0) -> None:
         conn = LeanConnection(sock, self, transport, ip)
+        if deflate_bits:
+            conn.deflate_bits = deflate_bits
+            conn.reader.inflate = True
         transport.set_protocol(conn)
         transport.set_write_buffer_limits(high=SLOW_CLIENT_BYTES)
         if sock.connected:  # an upgrade from polling: the session is the websocket's once the client says so
@@ -762,14 +796,18 @@ class Hub:
         return len(conns)
 
 
-def install(sio: Any, manager: Any) -> Hub | None:
-    """Take over websocket connections when the broadcast fast path is installed and check() passes."""
+def install(sio: Any, manager: Any, deflate_threshold: int | None = None) -> Hub | None:
+    """Take over websocket connections when the broadcast fast path is installed and check() passes.
+
+    :param deflate_threshold: permessage-deflate for clients that offer it, for messages of at least this many bytes;
+        None: never negotiated.
+    """
     if not getattr(manager, 'installed', False) or not hasattr(manager, 'lean_hub'):
         return None
     missing = check()
     if missing:
         logger.warning("lean websocket connections off, python-engineio's handler runs them: missing %s", missing)
         return None
-    hub = Hub(sio)
+    hub = Hub(sio, deflate_threshold)
     manager.lean_hub = hub
     return hub

@@ -168,12 +168,13 @@ class ScreenResponder:
             _HANDLER.inc()
             return False
         limiter = getattr(sio, 'limiter', None)
-        lean = getattr(sock, 'lean', None) is not None  # a lean connection counted it where it arrived
-        if limiter is not None and not lean and not limiter.allow_event(eio_sid):
+        lean = getattr(sock, 'lean', None)  # a lean connection counted it where it arrived
+        if limiter is not None and lean is None and not limiter.allow_event(eio_sid):
             _HANDLER.inc()
             return False  # the normal path refuses it, with the error ack, and acts on the limit
         text = self.encode(handler.settings.list, data, namespace, ack_id)
-        transport.write(wsframe.text_frame(text))
+        # compressed like any message when the connection negotiated permessage-deflate (lean.frame_for)
+        transport.write(lean.frame_for(text.encode('utf-8')) if lean is not None else wsframe.text_frame(text))
         _DIRECT.inc()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('main:screen answered directly: %s on %s', f'ack {ack_id}' if ack_id else 'emit', namespace)

@@ -68,7 +68,14 @@ def create_app(
     sio = create_server(service, ASYNC_MODE)
     # guards (every packet counted and screened where it arrives), and the fast path when server.fast_path says so
     several = launch is not None and launch.workers > 1  # a session's requests may land on any worker: handed over
-    wired = transport.install(sio, app, service, GameNamespace, handoff_port=settings.server.port if several else None)
+    wired = transport.install(
+        sio,
+        app,
+        service,
+        GameNamespace,
+        handoff_port=settings.server.port if several else None,
+        deflate_threshold=settings.server.compression_threshold if settings.server.compression else None,
+    )
     links.update(sio=sio, transport=wired)
     sio.attach(app)
     app.ctx.settings = settings
