@@ -2,12 +2,16 @@
 
     python bench/workers_polling.py                       # --workers 1 and 2, 3 runs each; prints a table
     python bench/workers_polling.py --clients 50 --seconds 5 --repeats 1
+    python bench/workers_polling.py --fresh               # a new TCP connection for every request
 
 For each worker count in turn (alternating between repeats), on 127.0.0.1: serve with the shipped config (schedules
 off, no per-address cap, a high event rate), then C python-socketio clients on polling only (each on its own
 connections, as socket.io clients poll) ask main:screen in a closed loop for S seconds. Figures: acks per second, the
 round trip (p50/p99), the server's CPU per ack (its whole process tree, from /proc), and how many connections were
 handed to another worker (gamelist_worker_handoffs_total). One worker hands nothing over: the reference.
+python-socketio's client keeps its HTTP connections alive, so a session's connection is handed over once and its
+later requests arrive at the right worker; --fresh closes the connection after every request (the worst case: each
+request lands on a random worker, and half of them are handed over with two workers).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import socketio
 import yaml
 from run import cpu_s, free_port, stop_process
@@ -65,9 +70,13 @@ def handed(port: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-async def load(port: int, clients: int, seconds: float) -> tuple[list[float], float]:
+async def load(port: int, clients: int, seconds: float, fresh: bool) -> tuple[list[float], float]:
     url = f'http://127.0.0.1:{port}'
-    sios = [socketio.AsyncClient(reconnection=False) for _ in range(clients)]
+    sessions = [
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) if fresh else None
+        for _ in range(clients)
+    ]
+    sios = [socketio.AsyncClient(reconnection=False, http_session=session) for session in sessions]
     for start_at in range(0, clients, 20):
         await asyncio.gather(
             *(s.connect(url, transports=['polling'], wait_timeout=20) for s in sios[start_at : start_at + 20])
@@ -85,6 +94,9 @@ async def load(port: int, clients: int, seconds: float) -> tuple[list[float], fl
     await asyncio.gather(*(ask(s) for s in sios))
     took = time.monotonic() - started
     await asyncio.gather(*(s.disconnect() for s in sios))
+    for session in sessions:
+        if session is not None:
+            await session.close()
     return rtts, took
 
 
@@ -93,7 +105,7 @@ def one_run(workdir: Path, workers: int, args: argparse.Namespace) -> dict[str, 
     port: int = proc.port  # type: ignore[attr-defined]
     try:
         before, cpu0 = handed(port), cpu_s(proc.pid)
-        rtts, took = asyncio.run(load(port, args.clients, args.seconds))
+        rtts, took = asyncio.run(load(port, args.clients, args.seconds, args.fresh))
         cpu, moved = cpu_s(proc.pid) - cpu0, handed(port) - before
     finally:
         stop_process(proc)
@@ -112,6 +124,7 @@ def main() -> int:
     parser.add_argument('--clients', type=int, default=100)
     parser.add_argument('--seconds', type=float, default=8.0)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--fresh', action='store_true', help='a new TCP connection for every request')
     args = parser.parse_args()
     runs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix='gamelist-workers-polling-') as tmp:
@@ -123,7 +136,7 @@ def main() -> int:
                     f'workers={workers} run {rep}: ' + ', '.join(f'{k} {v:.2f}' for k, v in figures.items()), flush=True
                 )
     print(
-        f'\n{args.clients} polling clients, main:screen in a closed loop for {args.seconds:g} s; medians of {args.repeats} runs\n'
+        f'\n{args.clients} polling clients{", a new connection per request" if args.fresh else ""}, main:screen in a closed loop for {args.seconds:g} s; medians of {args.repeats} runs\n'
     )
     print('| figure | --workers 1 | --workers 2 |')
     print('|---|---:|---:|')

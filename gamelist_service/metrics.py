@@ -72,8 +72,9 @@ LIST_CACHE = Counter(
 )
 DEFLATED_FRAMES = Counter(
     'gamelist_deflated_frames',
-    'Frames compressed (permessage-deflate), per kind: a broadcast or catch-up packet, compressed once for every '
-    'connection that negotiated the extension (broadcast), or one message to one connection (single)',
+    'Frames compressed (permessage-deflate), per kind: a packet the fast path writes (a broadcast, a catch-up list, '
+    'an ack), compressed once for every connection that takes it (broadcast), or one message to one connection '
+    '(single: main:screen answered where it arrives, packets a lean connection sends)',
     ['kind'],
 )
 HANDOFFS = Counter(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +17,7 @@ from gamelist_service.transport import fastpath, rooms
 from gamelist_service.web.limits import ConnectionLimiter
 
 from .clients import NAMESPACES, RawClient
-from .helpers import GAME_NAME, MARKER, Recorder, Serve, fast_and_plain, fixed_list, redis_of, wait_until
+from .helpers import GAME_NAME, MARKER, Recorder, Serve, fast_and_plain, fixed_list, metric, redis_of, wait_until
 
 
 @pytest.fixture(scope='module')
@@ -66,9 +65,10 @@ async def test_fast_path_frames_are_byte_identical_to_the_plain_path(serves: dic
     assert RawClient.payload(first).startswith(b'42["game_list:updated",{')
     assert any(RawClient.payload(f).startswith(b'42/gameplay,["game_list:updated",{') for f in plain[0])
     # and the fast server did write them directly, the plain one never did
-    assert wait_until(lambda: re.search(r'[1-9]\d* frames to write directly', serves[True].log()) is not None)
+    fast_writes = '{path="fast"}'
+    assert wait_until(lambda: metric(serves[True], 'gamelist_fanout_writes_total', fast_writes) > 0)
     assert 'broadcast fast path on' in serves[True].log()
-    assert 'frames to write directly' not in serves[False].log()
+    assert metric(serves[False], 'gamelist_fanout_writes_total', fast_writes) == 0
     assert 'fast path off (server.fast_path: false)' in serves[False].log()
 
 

@@ -23,7 +23,7 @@ from gamelist_service.transport import fastpath, screen
 from gamelist_service.web.sockets import GameNamespace
 
 from .clients import RawClient
-from .helpers import Serve, fast_and_plain, fixed_list, redis_of, start_serve, wait_until
+from .helpers import Serve, fast_and_plain, fixed_list, metric, redis_of, start_serve, wait_until
 
 SCREEN = b'"event":"main:screen"'
 
@@ -65,6 +65,11 @@ def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serv
 REQUESTS = ['42["main:screen"]', '427["main:screen"]', '42/gameplay,["main:screen"]', '42/gameplay,0012["main:screen"]']
 
 
+def direct(serve: Serve) -> float:
+    """main:screen requests serve answered where they arrived (gamelist_screen_requests_total{path="direct"})."""
+    return metric(serve, 'gamelist_screen_requests_total', '{path="direct"}')
+
+
 async def answers(serve: Serve, version: int, updated_at: str) -> list[bytes]:
     publish_live_list(serve, version, updated_at)
     client = await RawClient(serve.port).connect()
@@ -95,10 +100,9 @@ async def test_answers_are_byte_identical_to_the_normal_path(serves: dict[bool, 
     assert reply['event'] == 'main:screen' and reply['message'] == 'Current game list'
     assert reply['data']['version'] == 7000 and reply['data']['gamelist'][0]['game_name'].endswith('wire-identity')
     # the fast server answered them directly (the plain one cannot)
-    log = serves[True].log()
-    assert log.count('main:screen answered directly') >= 2 * len(REQUESTS), log[-2000:]
-    assert 'main:screen direct answers on' in log
-    assert 'main:screen answered directly' not in serves[False].log()
+    assert direct(serves[True]) >= 2 * len(REQUESTS)
+    assert 'main:screen direct answers on' in serves[True].log()
+    assert direct(serves[False]) == 0
 
 
 async def test_other_frames_and_everything_after_them_take_the_normal_path(serves: dict[bool, Serve]) -> None:
@@ -107,7 +111,7 @@ async def test_other_frames_and_everything_after_them_take_the_normal_path(serve
     client = await RawClient(serve.port).connect()
     try:
         assert client._writer is not None
-        before = serve.log().count('main:screen answered directly')
+        before = direct(serve)
         # an argument, a request of a namespace the client left, then a plain request after them
         batch = ['4221["main:screen",{"x":1}]', '41/gameplay,', '42/gameplay,22["main:screen"]', '4223["main:screen"]']
         client._writer.write(b''.join(masked(text) for text in batch))
@@ -115,7 +119,7 @@ async def test_other_frames_and_everything_after_them_take_the_normal_path(serve
         got = payloads(replies(client))
         assert any(p.startswith(b'4321[') for p in got)
         assert not any(p.startswith(b'43/gameplay,22[') for p in got)  # not connected there any more: dropped
-        assert serve.log().count('main:screen answered directly') == before
+        assert direct(serve) == before
         # a request split over two reads (half a frame each) is answered directly once it is whole
         frame = masked('4224["main:screen"]')
         client._writer.write(frame[:7])
@@ -123,7 +127,7 @@ async def test_other_frames_and_everything_after_them_take_the_normal_path(serve
         await asyncio.sleep(0.05)  # let the first half arrive on its own
         client._writer.write(frame[7:])
         await client._wait(lambda: any(p.startswith(b'4324[') for p in payloads(replies(client))))
-        assert wait_until(lambda: 'answered directly: ack 24 on /' in serve.log())
+        assert wait_until(lambda: direct(serve) == before + 1)
         # the namespace it left: the direct path does not answer for it either
         client._writer.write(masked('42/gameplay,25["main:screen"]') + masked('4226["main:screen"]'))
         await client._wait(lambda: any(p.startswith(b'4326[') for p in payloads(replies(client))))
@@ -142,7 +146,7 @@ async def test_a_client_over_its_rate_gets_the_refusal_from_the_normal_path(tmp_
             assert client._writer is not None
             client.send('429["main:screen"]')  # one token; the list is in memory after it, whichever way it went
             await client._wait(lambda: any(RawClient.payload(f).startswith(b'439[') for f in client.frames))
-            before = serve.log().count('main:screen answered directly')
+            before = direct(serve)
             client._writer.write(b''.join(masked(f'42{i}["main:screen"]') for i in range(1, 5)))
             want = [b'431[', b'432[', b'433[', b'434[']
 
@@ -154,7 +158,7 @@ async def test_a_client_over_its_rate_gets_the_refusal_from_the_normal_path(tmp_
             assert SCREEN in got[b'431['] and SCREEN in got[b'432[']
             for key in (b'433[', b'434['):
                 assert json.loads(got[key][3:]) == [{'status': 'error', 'message': 'rate limit exceeded'}]
-            assert wait_until(lambda: serve.log().count('main:screen answered directly') == before + 2)
+            assert wait_until(lambda: direct(serve) == before + 2)
         finally:
             await client.close()
     finally:
