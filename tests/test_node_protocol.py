@@ -40,6 +40,7 @@ async def test_the_handshake_says_the_ping_values_in_milliseconds_as_configured(
     ('method', 'query', 'body'),
     [
         ('GET', 'EIO=4', {'code': 0, 'message': 'Transport unknown'}),
+        ('GET', 'EIO=4&transport=carrier', {'code': 0, 'message': 'Transport unknown'}),
         ('PUT', 'EIO=4&transport=polling', {'code': 2, 'message': 'Bad handshake method'}),
         ('DELETE', 'EIO=4&transport=polling', {'code': 2, 'message': 'Bad handshake method'}),
     ],
@@ -53,6 +54,7 @@ async def test_bad_handshakes_get_400(served: Serve, method: str, query: str, bo
 async def test_a_post_handshake_without_a_sid_gets_400(served: Serve) -> None:
     async with aiohttp.ClientSession() as http, http.post(socketio_url(served, 'EIO=4&transport=polling')) as r:
         assert r.status == 400
+        assert await r.json() == {'code': 2, 'message': 'Bad handshake method'}  # Node's body for it
 
 
 @pytest.mark.timeout(30)

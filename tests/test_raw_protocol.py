@@ -170,7 +170,7 @@ async def test_a_connect_sent_as_an_event_does_not_count_as_a_second_connection(
     [
         ('EIO=3&transport=websocket', 'unsupported version'),
         ('transport=websocket', 'unsupported version'),
-        ('EIO=4&transport=carrier-pigeon', 'Invalid transport'),
+        ('EIO=4&transport=carrier-pigeon', 'Transport unknown'),  # Node's body (python-engineio: Invalid transport)
         ('EIO=4&transport=websocket&sid=doesnotexist', 'Invalid session'),
     ],
 )
@@ -187,7 +187,7 @@ async def test_a_bad_handshake_is_refused(served: Serve, query: str, message: st
         ('GET', 'EIO=4&transport=polling&sid=doesnotexist', 'Invalid session doesnotexist'),
         ('POST', 'EIO=4&transport=polling&sid=doesnotexist', 'Invalid session doesnotexist'),
         ('GET', 'EIO=3&transport=polling', 'unsupported version'),
-        ('GET', 'EIO=4&transport=carrier-pigeon', 'Invalid transport'),
+        ('GET', 'EIO=4&transport=carrier-pigeon', 'Transport unknown'),
         ('GET', 'EIO=4&transport=websocket', 'Invalid websocket upgrade'),  # websocket without the upgrade
         ('GET', 'EIO=4&transport=polling&j=x', 'JSONP polling is not supported'),
         ('GET', 'EIO=4&transport=polling&j=0', 'JSONP polling is not supported'),  # answered as script before

@@ -264,7 +264,9 @@ def guard_requests(eio: Any, second_websocket: Callable[[Any], bool] | None = No
 
     - JSONP polling (`&j=N`): python-engineio answers it as script text, outside the Origin check a browser applies
       to XHR, so any page could read the session. Node's socket.io 4 dropped JSONP; here it gets 400.
-    - A handshake without a transport: 400 "Transport unknown" (python-engineio took it for polling).
+    - A request without a transport, or with one not served: 400 {"code":0,"message":"Transport unknown"}
+      (python-engineio took a handshake without one for polling, and said "Invalid transport" in a string).
+    - A POST without a sid: 400 "Bad handshake method" (python-engineio's 400 said "Invalid session None").
     - A websocket for a session that is upgraded already: accepted, then closed, as Node does (second_websocket
       does it, when lean connections run); python-engineio refused the handshake, which a browser cannot tell from
       a server that is down. The upgraded connection is untouched.
@@ -277,8 +279,10 @@ def guard_requests(eio: Any, second_websocket: Callable[[Any], bool] | None = No
             if 'j' in query:
                 return bad_request(3, 'Bad request: JSONP polling is not supported')
             sid = query.get('sid')
-            if sid is None and request.method == 'GET' and 'transport' not in query:
-                return bad_request(0, 'Transport unknown')
+            if query.get('transport') not in eio.transports and (sid is not None or request.method == 'GET'):
+                return bad_request(0, 'Transport unknown')  # none, or not one served (python-engineio: a string)
+            if sid is None and request.method == 'POST':  # a handshake is a GET (python-engineio: "Invalid session")
+                return bad_request(2, 'Bad handshake method')
             if sid is not None and second_websocket is not None:
                 session = eio.sockets.get(sid)
                 upgrade = str(request.headers.get('upgrade', '')).lower() == 'websocket'
