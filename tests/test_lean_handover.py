@@ -49,7 +49,7 @@ async def test_a_direct_takeover_cancels_sanics_task_and_timer() -> None:
     hub.deflate = False
     key = base64.b64encode(os.urandom(16)).decode()
     headers = {'sec-websocket-key': key, 'sec-websocket-version': '13'}
-    answered = hub._switch(transport, headers, direct=True)
+    answered = hub._switch(transport, headers, direct=True)  # the 101 written now (no defer)
     assert answered is not None and answered[0] is transport and answered[2] == '127.0.0.1'
     assert transport.written.startswith(b'HTTP/1.1 101 Switching Protocols\r\n')
     assert timer.cancelled() and protocol._callback_check_timeouts is None

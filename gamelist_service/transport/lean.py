@@ -192,6 +192,7 @@ class LeanConnection(asyncio.Protocol):
         'backlog',
         'deadline',
         'deflate_bits',
+        'head',
         'hub',
         'inflight',
         'ip',
@@ -214,6 +215,7 @@ class LeanConnection(asyncio.Protocol):
         self.stage = OPEN  # or, for an upgrade from polling, PROBING, then UPGRADING
         self.ip = ip  # the address this socket is counted under (limits), released when it closes
         self.deflate_bits = 0  # permessage-deflate negotiated: the window its compressed frames use (0: none)
+        self.head = b''  # the 101 answer, written with the first frame (the OPEN packet) in one system call
 
     # -- the transport's callbacks
 
@@ -411,6 +413,10 @@ class LeanConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.open_transport()
         if transport is not None:
+            head = self.head
+            if head:
+                self.head = b''
+                data = head + data
             transport.write(data)
 
     def write_packet(self, pkt: Any) -> None:
@@ -584,25 +590,29 @@ class Hub:
             return False
         request = environ.get('sanic.request')
         if request is not None:
-            answered = self._switch(request.transport, request.headers)
+            answered = self._switch(request.transport, request.headers, defer=True)
         else:  # a handshake direct_handshake() took before Sanic parsed it
             protocol = environ.get(DIRECT_PROTOCOL)
             answered = (
-                self._switch(protocol.transport, _Headers(environ), direct=True) if protocol is not None else None
+                self._switch(protocol.transport, _Headers(environ), direct=True, defer=True)
+                if protocol is not None
+                else None
             )
         if answered is None:
             return False
-        transport, early, ip, bits = answered
+        transport, early, ip, bits, head = answered
         _release_request(environ)
         # The connection's callbacks, timers and tasks copy the context current when they are set up: not this
         # request's, where Sanic keeps the request (its Request.get_current()), so a fresh one.
-        contextvars.Context().run(self._attach, sock, transport, early, ip, bits)
+        contextvars.Context().run(self._attach, sock, transport, early, ip, bits, head)
         return True
 
-    def _switch(self, transport: Any, headers: Any, direct: bool = False) -> tuple[Any, bytes, str | None, int] | None:
+    def _switch(
+        self, transport: Any, headers: Any, direct: bool = False, defer: bool = False
+    ) -> tuple[Any, bytes, str | None, int, bytes] | None:
         """Answer a websocket handshake (101) and take the connection from Sanic: (transport, bytes the client sent
         after its handshake, the address its socket is counted under, the permessage-deflate window bits or 0); None
-        (nothing done) when it cannot.
+        (nothing done) when it cannot; with defer, the 101 answer is returned (last) instead of written.
 
         :param direct: a handshake Sanic never parsed (direct_handshake): its connection task is ended here.
         """
@@ -622,10 +632,13 @@ class Hub:
         sanic_protocol.recv_buffer.clear()
         negotiated = wsframe.negotiate_deflate(wsframe.offered_extensions(headers)) if self.deflate else None
         extension = b'' if negotiated is None else b'Sec-WebSocket-Extensions: ' + negotiated[0].encode() + b'\r\n'
-        transport.write(
+        head = (
             b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
             b'Sec-WebSocket-Accept: ' + accept.encode('ascii') + b'\r\n' + extension + b'\r\n'
         )
+        if not defer:
+            transport.write(head)
+            head = b''
         # Sanic ends this request as after any response, on a transport that is no longer the client's
         sanic_protocol.transport = _Detached()
         if http is not None:
@@ -638,7 +651,7 @@ class Hub:
             if timer is not None:  # else it re-arms itself and keeps Sanic's protocol alive for its keep-alive time
                 timer.cancel()
                 sanic_protocol._callback_check_timeouts = None
-        return transport, early, ip, 0 if negotiated is None else negotiated[1]
+        return transport, early, ip, 0 if negotiated is None else negotiated[1], head
 
     def direct_handshake(self, protocol: Any, data: bytes) -> bool:
         """A new connection's first bytes: a plain websocket handshake (/socket.io/?EIO=4&transport=websocket, the
@@ -686,14 +699,17 @@ class Hub:
             return False
         if answered is None:
             return False
-        transport, _, ip, _ = answered
+        transport, _, ip, _, _ = answered
         transport.set_protocol(_Closing(self, ip))
         transport.write(wsframe.frame(wsframe.CLOSE, b''))  # no status, as Node's ws.close() sends
         transport.close()
         return True
 
-    def _attach(self, sock: Any, transport: Any, early: bytes, ip: str | None, deflate_bits: int = 0) -> None:
+    def _attach(
+        self, sock: Any, transport: Any, early: bytes, ip: str | None, deflate_bits: int = 0, head: bytes = b''
+    ) -> None:
         conn = LeanConnection(sock, self, transport, ip)
+        conn.head = head  # written with the OPEN packet when became_lean sends it, else below
         if deflate_bits:
             conn.deflate_bits = deflate_bits
             conn.reader.inflate = True
@@ -708,6 +724,9 @@ class Hub:
         else:
             sock.connected = True
             self.became_lean(sock, conn)
+        if conn.head:  # nothing written yet (an upgrade from polling waits for the client's probe)
+            head, conn.head = conn.head, b''
+            transport.write(head)
         if early:
             conn.data_received(early)
 
