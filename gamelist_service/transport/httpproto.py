@@ -36,6 +36,11 @@ except ImportError as exc:  # pragma: no cover - only with other library version
     _IMPORT_ERROR = f'{type(exc).__name__}: {exc}'
 
 _refusals = RateLimitedLog(logger, interval_s=10.0)
+_FULL_BODY = b'{"code":503,"message":"server full: no room for another connection"}'
+_FULL = (
+    b'HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n'
+    b'Content-Length: ' + str(len(_FULL_BODY)).encode() + b'\r\nConnection: close\r\n\r\n' + _FULL_BODY
+)
 
 
 def check() -> list[str]:
@@ -74,9 +79,22 @@ class GuardedHttpProtocol(WebSocketProtocol):
         ctx = self.app.ctx
         sio = getattr(ctx, 'sio', None)
         limiter = getattr(sio, 'limiter', None)
-        if limiter is not None and not limiter.trust_forwarded_for:
+        if limiter is not None and limiter.at_ceiling():
+            _refusals.warning(
+                'ceiling',
+                'refusing new connections with 503: this process holds %d client sockets, what its open-file limit '
+                '(ulimit -n) leaves room for; raise the limit or run more workers (serve --workers N)',
+                limiter.open_sockets,
+            )
+            self.refused = True
+            transport.write(_FULL)
+            transport.close()
+            return
+        if limiter is not None:
             peer = transport.get_extra_info('peername')
             ip = peer[0] if isinstance(peer, tuple) and peer else None
+            if limiter.trust_forwarded_for or not isinstance(ip, str):
+                ip = ''  # the process's total only: behind a proxy every socket comes from the proxy
             if isinstance(ip, str):
                 if not limiter.socket_opened(ip):
                     _refusals.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -88,6 +89,8 @@ class ConnectionLimiter:
         self.buckets: dict[str, TokenBucket] = {}
         self.tripped: set[str] = set()  # eio sids already over their rate (logged and handled once)
         self.refused: Counter[str] = Counter()  # eio sid -> namespace connects refused so far
+        self.open_sockets = 0  # every socket this process holds for clients, whatever its address
+        self.socket_ceiling = 0  # refuse new sockets (503) at this many; 0: no ceiling (set from the file limit)
 
     def client_ip(self, environ: Mapping[str, Any]) -> str:
         return client_ip(environ, self.trust_forwarded_for)
@@ -106,17 +109,28 @@ class ConnectionLimiter:
         self.tripped.discard(eio_sid)
         self.refused.pop(eio_sid, None)
 
+    def at_ceiling(self) -> bool:
+        """True when this process holds as many client sockets as its open-file limit leaves room for."""
+        return 0 < self.socket_ceiling <= self.open_sockets
+
     def socket_opened(self, ip: str) -> bool:
-        """A new socket from ip: counted and True, or False (not counted) when its address holds its share already."""
-        key = address_key(ip)
-        cap = self.limits().max_connections_per_ip
-        if cap > 0 and self.sockets[key] >= SOCKETS_PER_SESSION * cap:
-            return False
-        self.sockets[key] += 1
+        """A new socket from ip: counted and True, or False (not counted) when its address holds its share already.
+
+        An empty ip (behind a trusted proxy every socket comes from it) counts towards the process's total only.
+        """
+        if ip:
+            key = address_key(ip)
+            cap = self.limits().max_connections_per_ip
+            if cap > 0 and self.sockets[key] >= SOCKETS_PER_SESSION * cap:
+                return False
+            self.sockets[key] += 1
+        self.open_sockets += 1
         return True
 
     def socket_closed(self, ip: str) -> None:
-        _decrement(self.sockets, address_key(ip))
+        self.open_sockets = max(0, self.open_sockets - 1)
+        if ip:
+            _decrement(self.sockets, address_key(ip))
 
     def connect_refused(self, eio_sid: str) -> bool:
         """Count a refused namespace connect of a session; True when it has had its share (close the session)."""
@@ -157,6 +171,29 @@ class ConnectionLimiter:
             return False
         self.tripped.add(eio_sid)
         return True
+
+
+FD_RESERVE = 128  # descriptors kept for what is not a client socket: Redis connections, logs, listeners, pipes
+
+
+def socket_ceiling(reserve: int = FD_RESERVE) -> int:
+    """The client sockets this process can hold: its open-file limit (soft) less a reserve; 0 when unlimited."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(1, soft - reserve)
+
+
+def raise_file_limit() -> tuple[int, int]:
+    """Raise this process's open-file limit to its hard limit (children inherit it); returns (before, now)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

@@ -22,6 +22,7 @@ from ..errors import EmbeddedRedisError
 from ..logs import setup_logging
 from ..storage import instances
 from ..storage.embedded import EmbeddedRedis, Supervisor
+from .limits import raise_file_limit, socket_ceiling
 
 if TYPE_CHECKING:
     from .app import App
@@ -58,6 +59,15 @@ def serve(launch: Launch) -> int:
         else:
             redis_url = settings.redis.url
         instances.publish(directory, server.port, settings.source, redis_url)
+        before, limit = raise_file_limit()
+        room = socket_ceiling()
+        logger.info(
+            'open files: %d per process%s; each process holds at most %s client sockets%s, then answers new ones 503',
+            limit,
+            f' (raised from {before}, the hard limit)' if limit != before else '',
+            room or 'unlimited',
+            f' ({launch.workers * room} with {launch.workers} workers)' if launch.workers > 1 and room else '',
+        )
         if launch.workers > 1:  # one process needs no shared directory (and its mmap on every update)
             _prepare_metrics_dir(directory / 'metrics')
         # after the metrics directory is set: prometheus-client reads it on import

@@ -21,7 +21,7 @@ from ..errors import GamelistError, ListExpired, error_body
 from ..producers.validation import validate_push
 from ..transport import POLICY_VIOLATION, GamelistServer, ack_requested
 from .auth import AuthRefused, authenticate, secrets_equal
-from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter
+from .limits import TOO_MANY_CONNECTIONS, ConnectionLimiter, socket_ceiling
 from .origins import OriginPolicy, quiet_engineio
 
 logger = logging.getLogger('gamelist_service.web.sockets')
@@ -322,6 +322,13 @@ def _short(message: str, limit: int = 160) -> str:
     return message if len(message) <= limit else message[: limit - 3] + '...'
 
 
+def _limiter(service: GamelistService, trust_forwarded_for: bool) -> ConnectionLimiter:
+    """Limits per address and session, and the process's ceiling of client sockets (its open-file limit)."""
+    limiter = ConnectionLimiter(lambda: service.settings.limits, trust_forwarded_for)
+    limiter.socket_ceiling = socket_ceiling()
+    return limiter
+
+
 def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
     """The AsyncServer with the config's CORS origins, transports and pings, and a namespace per config entry."""
     server = service.settings.server
@@ -336,7 +343,7 @@ def create_server(service: GamelistService, async_mode: str) -> GamelistServer:
         logger=False,
         engineio_logger=False,
         # limits read on each use: a reload applies at once
-        limiter=ConnectionLimiter(lambda: service.settings.limits, server.trust_forwarded_for),
+        limiter=_limiter(service, server.trust_forwarded_for),
         connect_timeout_s=server.connect_timeout_s,
     )
     quiet_engineio(sio.eio.logger)
