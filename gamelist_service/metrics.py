@@ -77,6 +77,16 @@ DEFLATED_FRAMES = Counter(
     '(single: main:screen answered where it arrives, packets a lean connection sends)',
     ['kind'],
 )
+LOOP_LAG = Histogram(
+    'gamelist_event_loop_lag_seconds',
+    'How late the event loop woke a timer due every 0.1 s: the longest stall of each interval',
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LOOP_STALL_MAX = Gauge(
+    'gamelist_event_loop_stall_max_seconds',
+    'The longest event-loop stall since the process started',
+    multiprocess_mode='max',
+)
 HANDOFFS = Counter(
     'gamelist_worker_handoffs',
     'Connections carrying a request of a session another worker holds, per direction: handed to that worker '

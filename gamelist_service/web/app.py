@@ -19,7 +19,7 @@ from ..core.service import GamelistService
 from ..errors import GamelistError
 from ..storage.store import Store, redact_url
 from ..transport import GamelistServer
-from . import lists_api, page, routes
+from . import lists_api, page, routes, stalls
 from .sockets import ClientSummary, GameNamespace, apply_namespaces, create_server, emit_to_namespace
 
 logger = logging.getLogger('gamelist_service.web.app')
@@ -109,6 +109,7 @@ def create_app(
         wired.start(lambda: sio.closed_sessions)
         loop = asyncio.get_running_loop()
         app.ctx.summary_task = loop.create_task(ClientSummary(sio).run())
+        app.ctx.stall_task = loop.create_task(stalls.watch())
         if launch is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(app, launch))
         logger.info(
@@ -144,10 +145,11 @@ def create_app(
 async def _stop_service(app: App, service: GamelistService, sio: GamelistServer) -> None:
     logger.info('stopping: scheduler, updates listener, %d Socket.IO connections', len(sio.eio.sockets))
     wired: transport.Transport = app.ctx.transport
-    summary: asyncio.Task[None] | None = getattr(app.ctx, 'summary_task', None)
-    if summary is not None:
-        summary.cancel()
-        await asyncio.gather(summary, return_exceptions=True)
+    for name in ('summary_task', 'stall_task'):
+        task: asyncio.Task[None] | None = getattr(app.ctx, name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     await wired.stop()
     try:
         await asyncio.wait_for(service.stop(), STOP_TIMEOUT_S)
