@@ -23,9 +23,12 @@ from typing import Any, ClassVar
 import redis
 import yaml
 
+from gamelist_service.storage.embedded import EmbeddedRedis
 from gamelist_service.storage.instances import running
 
 from .conftest import free_port
+
+MakeEmbedded = Callable[..., EmbeddedRedis]  # the make_embedded fixture (conftest.py): stopped after the test
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
@@ -370,3 +373,8 @@ def metric(serve: Serve, name: str, labels: str = '') -> float:
         text = response.read().decode()
     found = re.search(rf'^{re.escape(name + labels)} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def schedule_runs(serve: Serve, schedule: str = 'refresh-current', result: str = 'success') -> float:
+    """Runs of a schedule /metrics counts, per result (success, failure): >= 1 once the start-up tick is written."""
+    return metric(serve, 'gamelist_schedule_runs_total', f'{{result="{result}",schedule="{schedule}"}}')

@@ -20,8 +20,7 @@ from gamelist_service.web import auth
 from gamelist_service.web.auth import AuthRefused, authenticate, token_from
 
 from .browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, wait_for_log
-from .conftest import free_port
-from .helpers import Recorder, Serve, hourly_data, serving, shipped_data, write_config
+from .helpers import Recorder, Serve, hourly_data, serve_in, serving, shipped_data, write_config
 from .jwt_tokens import AUDIENCE, HMAC_KEY, ISSUER, SHARED, claims, hs_token
 
 GAMEPLAY = 'namespaces["/gameplay"]'  # how problems name the namespace's path
@@ -308,12 +307,10 @@ def test_the_live_page_sends_its_token(tmp_path: Path) -> None:
 
     if not CHROMIUM.exists():
         pytest.skip(f'{CHROMIUM} is missing (test_page.py says how to get it)')
-    port = free_port()
     data = shipped_data()
     data['schedules'][0]['every'] = '1h'
     data['namespaces']['/gameplay']['auth'] = {'mode': 'token', 'token_env': 'GAMEPLAY_TOKEN'}
-    config = write_config(tmp_path / 'games.yaml', data)
-    serve = Serve(tmp_path, config, port, env={'GAMEPLAY_TOKEN': SHARED}).start()
+    serve = serve_in(tmp_path, data, env={'GAMEPLAY_TOKEN': SHARED})
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

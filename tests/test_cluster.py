@@ -31,6 +31,7 @@ from .helpers import (
     async_wait_until,
     hourly_data,
     http_get,
+    serve_in,
     serving,
     shipped_data,
     wait_until,
@@ -53,6 +54,16 @@ def metrics_text(serve: Serve) -> str:
 def metric(text: str, name: str, labels: str = '') -> float | None:
     match = re.search(rf'^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$', text, flags=re.MULTILINE)
     return float(match.group(1)) if match else None
+
+
+def generation(serve: Serve) -> float | None:
+    """The configuration generation /metrics shows: 1 at start, +1 per applied reload."""
+    return metric(metrics_text(serve), 'gamelist_config_generation')
+
+
+def reload_ok(serve: Serve) -> float | None:
+    """Whether the last reload attempt succeeded (1) or not (0), as /metrics shows it."""
+    return metric(metrics_text(serve), 'gamelist_config_last_reload_successful')
 
 
 def ready(serve: Serve) -> dict[str, Any]:
@@ -96,11 +107,12 @@ async def test_reload_applies_a_valid_change_without_dropping_clients(
     result = cli(serve, 'reload', '--config', str(serve.config))
     assert result.returncode == 0, result.stderr
     assert f'sent SIGHUP to serve pid {serve.process.pid if serve.process else 0}' in result.stdout
-    assert wait_until(lambda: 'reload applied: generation 2' in serve.log())
+    assert wait_until(lambda: generation(serve) == 2)
     after = ready(serve)['config']
     assert after['generation'] == 2 and after['last_attempt_successful'] is True
     assert after['sha256'] != before['sha256'] and after['last_success'] > before['last_success']
-    assert "kept ['refresh-current']" in serve.log() and "started ['fast']" in serve.log()
+    # which schedules a reload kept, started or stopped is said only in its log line (written just after the metric)
+    assert wait_until(lambda: "kept ['refresh-current']" in serve.log() and "started ['fast']" in serve.log())
     # the new schedule runs, with the new template and TTL, to the client that was connected all along
     assert await async_wait_until(
         lambda: any(
@@ -125,7 +137,7 @@ async def test_reload_rejects_an_invalid_file_and_keeps_running(
     good = serve.config.read_text()
     serve.config.write_text(good.replace('max_players: 8', 'max_players: 1').replace('ttl: 300s', 'ttl: 0s'))
     serve.signal(signal.SIGHUP)
-    assert wait_until(lambda: 'reload rejected' in serve.log())
+    assert wait_until(lambda: reload_ok(serve) == 0)  # set after the problems are logged
     assert re.search(rf'{re.escape(str(serve.config))}:\d+:\d+: lists\.current\.ttl: ', serve.log())
     assert re.search(rf'{re.escape(str(serve.config))}:\d+:\d+: games\[0\]\.min_players: ', serve.log())
     after = ready(serve)['config']
@@ -136,7 +148,7 @@ async def test_reload_rejects_an_invalid_file_and_keeps_running(
     assert reply['data']['cache_duration'] == '300 seconds'  # the old configuration still serves
     serve.config.write_text(good)
     serve.signal(signal.SIGHUP)
-    assert wait_until(lambda: 'reload applied: generation 2' in serve.log())
+    assert wait_until(lambda: generation(serve) == 2)
     assert ready(serve)['config']['last_attempt_successful'] is True
     assert metric(metrics_text(serve), 'gamelist_config_last_reload_successful') == 1
     assert connected.disconnects == []
@@ -151,7 +163,7 @@ def test_reload_of_a_restart_only_setting_is_logged_and_the_rest_applied(
     data['games'][1]['name'] = 'Blackjack Live'
     write_config(serve.config, data)
     serve.signal(signal.SIGHUP)
-    assert wait_until(lambda: 'reload applied' in serve.log())
+    assert wait_until(lambda: generation(serve) == 2)  # applied; what needs a restart is logged before
     log = serve.log()
     assert "server.host: '127.0.0.1' -> '0.0.0.0' needs a restart" in log
     assert "redis.url: 'embedded' -> 'redis://127.0.0.1:1/0' needs a restart" in log
@@ -174,7 +186,7 @@ def running_redis(serve: Serve) -> str:
 async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '200ms'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     clients: list[Recorder] = []
     try:
         clients.extend(
@@ -188,8 +200,12 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
         for attempt in range(6):  # valid and invalid reloads, alternately, while the schedule broadcasts
             serve.config.write_text(good if attempt % 2 else good.replace('ttl: 300s', 'ttl: nope'))
             serve.signal(signal.SIGHUP)
-            marker = 'reload applied' if attempt % 2 else 'reload rejected'
-            assert await async_wait_until(lambda m=marker, n=attempt // 2 + 1: serve.log().count(m) >= n)  # type: ignore[misc]
+            if attempt % 2:  # applied: generation 2, 3, 4
+                assert await async_wait_until(
+                    lambda n=attempt // 2 + 2: generation(serve) == n and reload_ok(serve) == 1  # type: ignore[misc]
+                )
+            else:  # rejected: the last attempt failed (each one follows an applied reload, or the start)
+                assert await async_wait_until(lambda: reload_ok(serve) == 0)
         last = (await clients[0].call('main:screen'))['data']['version']
         reached = await async_wait_until(lambda: all(last in versions(c) for c in clients), timeout_s=15)
         missing = [(c.transport, versions(c)[-3:], c.disconnects) for c in clients if last not in versions(c)]
@@ -209,8 +225,7 @@ async def test_reload_under_load_loses_no_connection_and_no_broadcast(tmp_path: 
 async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), global_args=('-v',))
-    serve.start()
+    serve = serve_in(tmp_path, data, global_args=('-v',))
     client = await Recorder(serve.url).connect()
     pauser = redis.Redis.from_url(running_redis(serve))
     try:
@@ -220,8 +235,8 @@ async def test_reload_while_a_tick_is_running(tmp_path: Path) -> None:
         data['schedules'][0]['every'] = '700ms'  # changed: the schedule restarts, after its run in progress
         write_config(serve.config, data)
         serve.signal(signal.SIGHUP)
-        assert await async_wait_until(lambda: 'reload applied' in serve.log())
-        assert "restarted ['refresh-current']" in serve.log()
+        assert await async_wait_until(lambda: generation(serve) == 2)
+        assert await async_wait_until(lambda: "restarted ['refresh-current']" in serve.log())
         last = max(versions(client) or [0])
         assert await async_wait_until(lambda: len([v for v in versions(client) if v > last]) >= 3, timeout_s=15)
         assert 'failed' not in serve.log()
@@ -241,10 +256,7 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
     data = shipped_data(admin=True)
     data['schedules'][0].update(every='400ms', max_runs=6)
     # -v: per-client lines (which worker a client joined) are DEBUG
-    serve = Serve(
-        tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--workers', '2', global_args=('-v',)
-    )
-    serve.start(timeout_s=40)
+    serve = serve_in(tmp_path, data, '--workers', '2', global_args=('-v',), timeout_s=40)
     clients: list[Recorder] = []
     try:
         assert 'starting 2 worker processes' in serve.log()
@@ -262,7 +274,6 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
             for namespace in ('/', '/gameplay'):
                 seen = versions(client, namespace)
                 assert len(seen) == len(set(seen)), 'each broadcast arrives once'
-        assert serve.log().count('schedule refresh-current refreshed list') == 6  # 6 ticks in all, not per worker
         (instance,) = running(tmp_path / '.gamelist')
         ledger = redis.Redis.from_url(instance.redis_url)
         assert ledger.hget('gamelist:schedule:refresh-current', 'runs') == b'6'
@@ -270,6 +281,7 @@ async def test_two_workers_deliver_each_broadcast_once_and_tick_once(tmp_path: P
         text = metrics_text(serve)
         assert metric(text, 'gamelist_connected_clients', '{namespace="/"}') == 16
         assert metric(text, 'gamelist_scheduler_leader') == 1
+        # 6 ticks in all, not per worker (the counter is summed over the workers)
         assert metric(text, 'gamelist_schedule_runs_total', '{result="success",schedule="refresh-current"}') == 6
         # polling works with several workers too (transport/handoff.py; tests/test_workers_polling.py)
         polling = await Recorder(serve.url, 'polling').connect()
@@ -377,7 +389,8 @@ async def test_a_paused_leader_cannot_write_after_losing_its_lease(trio: list[Se
         assert wait_until(lambda: len(leaders(survivors)) == 1, timeout_s=10)
     finally:
         os.kill(leader.process.pid, signal.SIGCONT)
-    assert wait_until(lambda: 'no longer leads the schedules' in leader.log(), timeout_s=10)
+    # it led (gauge 1) until the pause; once resumed it sees the lease is gone
+    assert wait_until(lambda: metric(metrics_text(leader), 'gamelist_scheduler_leader') == 0, timeout_s=10)
     holder = str(await redis_client.get(LEADER_KEY) or b'')
     assert f':{leader.port}:' not in holder
     assert len(leaders(trio)) == 1

@@ -11,8 +11,7 @@ import pytest
 
 from gamelist_service.transport import compat
 
-from .conftest import free_port
-from .helpers import ROOT, Recorder, Serve, shipped_data, wait_until, write_config
+from .helpers import ROOT, Recorder, serve_in, shipped_data, wait_until
 
 PACKAGE = ROOT / 'gamelist_service'
 
@@ -74,8 +73,7 @@ async def test_a_renamed_internal_switches_its_feature_off_and_serve_still_serve
     )
     data = shipped_data()
     data['schedules'][0]['every'] = '1h'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), env={'PYTHONPATH': str(site)})
-    serve.start()
+    serve = serve_in(tmp_path, data, env={'PYTHONPATH': str(site)})
     try:
         assert wait_until(lambda: 'transport feature fastpath off' in serve.log())
         assert 'engineio.async_socket.AsyncSocket._websocket_handler' in serve.log()

@@ -27,6 +27,7 @@ from .helpers import (
     hourly_data,
     http_get,
     redis_servers_on,
+    serve_in,
     serving,
     shipped_data,
     wait_until,
@@ -158,7 +159,7 @@ async def test_main_screen_rebuilds_an_expired_list(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['lists']['current']['ttl'] = '2s'
     data['schedules'][0]['every'] = '1h'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     (instance,) = running(tmp_path / '.gamelist', serve.config)
     redis_of = redis.Redis.from_url(instance.redis_url)
     client = await Recorder(serve.url).connect()
@@ -336,8 +337,7 @@ async def test_external_redis_url_and_schedule_broadcasts(tmp_path: Path, redis_
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '300ms'
     data['namespaces']['/gameplay']['send_list_on_connect'] = True
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url)
-    serve.start()
+    serve = serve_in(tmp_path, data, '--redis-url', redis_url)
     try:
         client = await Recorder(serve.url).connect()
         try:
@@ -358,7 +358,7 @@ async def test_external_redis_url_and_schedule_broadcasts(tmp_path: Path, redis_
 def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame: str) -> None:
     import signal  # noqa: PLC0415
 
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port()).start()
+    serve = serve_in(tmp_path, shipped_data(admin=True))
     (instance,) = running(tmp_path / '.gamelist', serve.config)
     socket_path = Path(instance.redis_url.removeprefix('unix://'))
     assert redis_servers_on(socket_path)
@@ -373,10 +373,7 @@ def test_signal_stops_cleanly_and_leaves_no_redis_behind(tmp_path: Path, signame
 
 def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> None:
     dead = f'redis://127.0.0.1:{free_port()}/0'
-    serve = Serve(
-        tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port(), '--redis-url', dead
-    )
-    serve.start(wait_ready=False)
+    serve = serve_in(tmp_path, shipped_data(admin=True), '--redis-url', dead, wait_ready=False)
     try:
         assert wait_until(lambda: answers(serve))
         status, body = ready_of(serve)
@@ -390,8 +387,7 @@ def test_unreachable_redis_is_reported_and_never_replaced(tmp_path: Path) -> Non
 
 
 def test_json_log_format(tmp_path: Path) -> None:
-    config = write_config(tmp_path / 'games.yaml', shipped_data(admin=True))
-    serve = Serve(tmp_path, config, free_port(), global_args=('--log-format', 'json')).start()
+    serve = serve_in(tmp_path, shipped_data(admin=True), global_args=('--log-format', 'json'))
     assert wait_until(lambda: 'Redis SET gamelist:current' in serve.log())
     assert serve.stop() == 0
     lines = [json.loads(line) for line in serve.log().splitlines() if line.strip()]

@@ -16,8 +16,7 @@ from gamelist_service.errors import StoreError
 from gamelist_service.web import routes
 from gamelist_service.web.sockets import GameNamespace
 
-from .conftest import free_port
-from .helpers import Recorder, Serve, http_get, shipped_data, write_config
+from .helpers import Recorder, http_get, serve_in, shipped_data
 
 DETAIL = '/srv/internal/secret_module.py line 42: KeyError(hunter2)'
 
@@ -82,7 +81,7 @@ def test_the_answer_after_an_ended_websocket_session_is_no_error(caplog: pytest.
 async def test_corrupt_data_in_redis_shows_no_detail(tmp_path: Path, redis_client: Redis, redis_url: str) -> None:
     data = shipped_data()
     data['schedules'] = []
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url).start()
+    serve = serve_in(tmp_path, data, '--redis-url', redis_url)
     try:
         await redis_client.set('gamelist:current', b'\x80 not json {')
         status, body = http_get(serve.url + '/api/v1/gamelist')

@@ -26,7 +26,9 @@ from .helpers import (
     Serve,
     async_wait_until,
     http_get,
+    metric,
     redis_servers_on,
+    serve_in,
     shipped_data,
     wait_until,
     write_config,
@@ -209,7 +211,7 @@ async def new_redis_pid(socket_path: Path, old: set[int], timeout_s: float = 15.
 async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '500ms'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     clients: list[Recorder] = []
     try:
         socket_path = embedded_socket(serve)
@@ -220,7 +222,7 @@ async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_p
         killed_at = time.monotonic()
         new_pid = await new_redis_pid(socket_path, {pid})
         restarted_s = time.monotonic() - killed_at
-        assert await async_wait_until(lambda: 'embedded Redis restarted' in serve.log())
+        assert await async_wait_until(lambda: metric(serve, 'gamelist_embedded_redis_restarts_total') >= 1)
         log = serve.log()
         assert f'embedded Redis (pid {pid}) killed by SIGKILL; restarting it on {socket_path}' in log
         assert await async_wait_until(lambda: ready_of(serve, 1.0)[0] == 200, timeout_s=15)
@@ -248,13 +250,15 @@ async def test_embedded_redis_killed_is_restarted_and_the_service_works_on(tmp_p
 
 @pytest.mark.timeout(60)
 async def test_embedded_redis_that_keeps_dying_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', shipped_data(admin=True)), free_port()).start()
+    serve = serve_in(tmp_path, shipped_data(admin=True))
     client = await Recorder(serve.url).connect()
     try:
         socket_path = embedded_socket(serve)
         killed: set[int] = set()
         for deaths in range(6):  # restarted 5 times (with backoff), and the sixth death within 60 s ends serve
-            assert await async_wait_until(lambda n=deaths: serve.log().count('embedded Redis restarted') >= n)  # type: ignore[misc]
+            assert await async_wait_until(
+                lambda n=deaths: metric(serve, 'gamelist_embedded_redis_restarts_total') >= n  # type: ignore[misc]
+            )
             pid = await new_redis_pid(socket_path, killed)
             os.kill(pid, signal.SIGKILL)
             killed.add(pid)
@@ -372,7 +376,7 @@ async def test_main_screen_follows_redis_when_versions_start_again(
 async def test_repeated_broken_sighup_under_load_applies_nothing_and_drops_nobody(tmp_path: Path) -> None:
     data = shipped_data(admin=True)
     data['schedules'][0]['every'] = '300ms'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     clients: list[Recorder] = []
     try:
         clients.extend(
@@ -392,7 +396,7 @@ async def test_repeated_broken_sighup_under_load_applies_nothing_and_drops_nobod
         after = body['config']
         assert after['generation'] == before['generation'] and after['sha256'] == before['sha256']
         assert after['last_attempt_successful'] is False
-        assert 'reload applied' not in serve.log()
+        assert metric(serve, 'gamelist_config_generation') == 1  # no reload applied
         last = (await clients[0].call('main:screen'))['data']['version']
         assert await async_wait_until(lambda: all(last in versions(c) for c in clients), timeout_s=15)
         for client in clients:

@@ -18,16 +18,16 @@ import pytest
 
 from gamelist_service.web.sockets import NOT_A_PRODUCER
 
-from .conftest import free_port
 from .helpers import (
     Recorder,
     Serve,
     async_wait_until,
     hourly_data,
     http_get,
+    schedule_runs,
+    serve_in,
     serving,
     wait_until,
-    write_config,
 )
 
 MAX_SIZE = 65536  # server.max_http_buffer_size in the shipped file
@@ -47,17 +47,13 @@ def serve_data(**limits: Any) -> dict[str, Any]:
     return data
 
 
-def serve_config(workdir: Path, **limits: Any) -> Path:
-    return write_config(workdir / 'games.yaml', serve_data(**limits))
-
-
 @pytest.fixture(scope='module')
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     """A serve whose rate limit is out of the way: these tests send hundreds of events from one connection."""
     data = serve_data(events_per_second=1_000_000, burst=1_000_000)
     with serving(tmp_path_factory.mktemp('hostile'), data) as serve:
         # the start-up tick written first: a main:screen before it would rebuild the list, and the tick rewrite it
-        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        assert wait_until(lambda: schedule_runs(serve) >= 1)
         yield serve
     assert 'Traceback' not in serve.log(), serve.log()[-4000:]
 
@@ -276,9 +272,9 @@ async def test_a_flood_without_a_rate_limit_is_answered_and_the_server_stays_res
 
 async def test_a_flood_under_the_default_limits_leaves_the_server_responsive(tmp_path: Path) -> None:
     """The same flood on a serve with the default limits (what operators run)."""
-    serve = Serve(tmp_path, serve_config(tmp_path), free_port()).start()
+    serve = serve_in(tmp_path, serve_data())
     # the start-up tick written first: a main:screen before it would rebuild the list, and the tick rewrite it
-    assert wait_until(lambda: 'refreshed list current' in serve.log())
+    assert wait_until(lambda: schedule_runs(serve) >= 1)
     try:
         bystander, version = await connect_bystander(serve)
         try:

@@ -27,9 +27,24 @@ from engineio.async_socket import AsyncSocket
 from gamelist_service.transport import fastpath, lean, wsframe
 
 from .clients import CLOSE_OPCODE, NAMESPACES, RawClient, UpgradeClient, WireClient, masked
-from .helpers import Recorder, Serve, async_wait_until, fast_and_plain, fixed_list, redis_of, start_serve, wait_until
+from .helpers import (
+    Recorder,
+    Serve,
+    async_wait_until,
+    fast_and_plain,
+    fixed_list,
+    metric,
+    redis_of,
+    start_serve,
+    wait_until,
+)
 
 PING_FRAME = b'\x81\x012'
+
+
+def clients_on_root(serve: Serve) -> float:
+    """Clients connected to / (the gauge of /metrics): 0 once the module's earlier clients, and this test's, left."""
+    return metric(serve, 'gamelist_connected_clients', '{namespace="/"}')
 
 
 class SilentClient(RawClient):
@@ -70,6 +85,7 @@ async def test_a_client_that_stops_answering_is_closed_after_interval_and_timeou
     serve = serves[fast]
     client = SilentClient(serve.port)
     await client.connect()
+    assert wait_until(lambda: clients_on_root(serve) >= 1)
     try:
         await client._wait(lambda: PING_FRAME in client.frames, timeout_s=10)
         client.answer = False
@@ -77,7 +93,7 @@ async def test_a_client_that_stops_answering_is_closed_after_interval_and_timeou
         await client._wait(lambda: any(f[0] & 0x0F == CLOSE_OPCODE for f in client.frames), timeout_s=15)
         waited = time.monotonic() - stopped
         assert 1.0 <= waited <= 12.0, waited  # the next ping (1 s) and its 2 s to answer; never before a ping
-        assert wait_until(lambda: serve.log().count('left / (') >= 1)
+        assert wait_until(lambda: clients_on_root(serve) == 0)  # the server let it go
     finally:
         await client.close()
 
@@ -149,13 +165,13 @@ async def test_a_fragmented_request_is_answered(serves: dict[bool, Serve], fast:
 @pytest.mark.parametrize('fast', [True, False])
 async def test_a_close_frame_is_echoed_and_the_client_leaves(serves: dict[bool, Serve], fast: bool) -> None:
     serve = serves[fast]
-    before = serve.log().count('left / (')
     client = await WireClient(serve.port).connect()
+    assert wait_until(lambda: clients_on_root(serve) >= 1)
     try:
         client.send_raw(masked(wsframe.CLOSE, struct.pack('!H', 1000) + b'bye'))
         await client._wait(client.ended)
         assert client.close_code() == 1000
-        assert wait_until(lambda: serve.log().count('left / (') >= before + 1, 5)
+        assert wait_until(lambda: clients_on_root(serve) == 0, 5)
     finally:
         await client.close()
 

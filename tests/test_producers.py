@@ -27,6 +27,7 @@ from .helpers import (
     async_wait_until,
     hourly_data,
     redis_of,
+    schedule_runs,
     serving,
     shipped_data,
     wait_until,
@@ -91,7 +92,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     data['lists']['pushed'] = {'key': 'gamelist:pushed', 'ttl': '2s', 'namespaces': ['/pushed'], 'fed_by': 'producers'}
     env = {'PRODUCER_TOKEN': PRODUCER_TOKEN, 'VIP_JWT_SECRET': HMAC_KEY}
     with serving(tmp_path_factory.mktemp('producers'), data, env=env) as serve:
-        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        assert wait_until(lambda: schedule_runs(serve) >= 1)
         yield serve
     assert PRODUCER_TOKEN not in serve.log() and 'Traceback' not in serve.log()
 

@@ -19,7 +19,7 @@ from gamelist_service.storage.store import Store, redact_url
 from gamelist_service.storage.urls import SentinelUrl, connect, parse_sentinel_url
 
 from .conftest import RedisServer, cli_command, free_port, wait_for_ping
-from .helpers import Recorder, Serve, answers, shipped_data, wait_until, write_config
+from .helpers import Recorder, Serve, answers, schedule_runs, shipped_data, wait_until, write_config
 from .helpers import ready as ready_of
 
 PASSWORD = 'sekrit'
@@ -89,9 +89,9 @@ async def test_serve_with_a_password_or_an_acl_user(tmp_path: Path, flushed: Red
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert secret not in result.stdout + result.stderr and ':***@' in result.stdout
+        assert wait_until(lambda: schedule_runs(serve) >= 1)  # the schedule wrote gamelist:current through it
     finally:
         assert serve.stop() == 0
-    assert 'Redis SET gamelist:current' in serve.log()
     assert secret not in serve.log()
 
 

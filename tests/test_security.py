@@ -37,6 +37,8 @@ from .helpers import (
     http_get,
     ready,
     redis_of,
+    schedule_runs,
+    serve_in,
     serving,
     shipped_data,
     wait_until,
@@ -61,7 +63,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     }
     env = {GAMEPLAY_TOKEN: SHARED, 'VIP_JWT_SECRET': HMAC_KEY}
     with serving(tmp_path_factory.mktemp('security'), data, env=env) as serve:
-        assert wait_until(lambda: 'refreshed list current' in serve.log())
+        assert wait_until(lambda: schedule_runs(serve) >= 1)
         yield serve
     assert 'Traceback' not in serve.log(), serve.log()[-3000:]
 
@@ -161,7 +163,7 @@ async def test_sockets_count_against_the_address_cap(served: Serve) -> None:
 async def test_shutdown_closes_a_connection_in_the_middle_of_its_upgrade(tmp_path: Path) -> None:
     data = shipped_data()
     data['server'].update(ping_interval='25s', ping_timeout='20s')  # no deadline could close it first
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     client = UpgradeClient(serve.port)
     try:
         await client.open_polling()
@@ -412,7 +414,7 @@ def test_metrics_can_be_served_on_an_admin_listener_only(tmp_path: Path) -> None
     data = shipped_data()
     admin_port = free_port()
     data['server']['metrics_listen'] = f'127.0.0.1:{admin_port}'
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     try:
         assert http_get(serve.url + '/metrics')[0] == 404
         with socket.create_connection(('127.0.0.1', admin_port), timeout=5) as sock:

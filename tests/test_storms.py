@@ -29,7 +29,17 @@ from gamelist_service.web.sockets import ClientSummary, GameNamespace
 
 from .clients import GuessClient
 from .conftest import free_port
-from .helpers import Serve, async_wait_until, fixed_list, redis_of, serving, shipped_data, wait_until, write_config
+from .helpers import (
+    Serve,
+    async_wait_until,
+    fixed_list,
+    redis_of,
+    serve_in,
+    serving,
+    shipped_data,
+    wait_until,
+    write_config,
+)
 
 # -- the listen backlog ----------------------------------------------------------------------------------------------
 
@@ -46,7 +56,7 @@ def listen_queue(port: int) -> int:
 def test_the_listen_backlog_is_the_configured_one(tmp_path: Path) -> None:
     data = shipped_data()
     data['server']['backlog'] = 1234
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     try:
         assert listen_queue(serve.port) == 1234
     finally:
@@ -164,7 +174,7 @@ async def test_churn_leaves_no_bookkeeping_behind(redis_url: str, tmp_path: Path
 async def test_shutdown_with_many_clients_is_quick_and_every_client_sees_a_proper_close(tmp_path: Path) -> None:
     data = shipped_data()
     data['limits'] = {'max_connections_per_ip': 0}
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     clients = [GuessClient(serve.port) for _ in range(500)]
     try:
         await asyncio.gather(*(client.open(('/', '/gameplay')) for client in clients))
@@ -290,7 +300,7 @@ async def test_concurrent_reads_of_a_list_not_in_memory_share_one_get(redis_url:
 async def test_a_storm_is_one_info_line_not_one_per_client(tmp_path: Path) -> None:
     data = shipped_data()
     data['limits'] = {'max_connections_per_ip': 0}
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port()).start()
+    serve = serve_in(tmp_path, data)
     clients = [GuessClient(serve.port) for _ in range(100)]
     try:
         before = len(serve.log())

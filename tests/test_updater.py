@@ -19,7 +19,7 @@ from gamelist_service.producers.validation import GAME_FIELDS, GameListInvalid, 
 from gamelist_service.storage.store import UPDATES_CHANNEL
 
 from .conftest import free_port
-from .helpers import Recorder, Serve, shipped_data, wait_until, write_config
+from .helpers import Recorder, serve_in, shipped_data, wait_until, write_config
 
 
 @pytest.fixture
@@ -222,8 +222,7 @@ async def test_connected_clients_receive_what_update_and_notify_writes(
 ) -> None:
     data = shipped_data()
     data['schedules'] = []  # only the updater writes
-    serve = Serve(tmp_path, write_config(tmp_path / 'games.yaml', data), free_port(), '--redis-url', redis_url)
-    serve.start()
+    serve = serve_in(tmp_path, data, '--redis-url', redis_url)
     try:
         client = await Recorder(serve.url).connect()
         try:
