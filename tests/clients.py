@@ -56,12 +56,14 @@ class RawClient:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def connect(self) -> Self:
+    async def _handshake(self, query: str = 'EIO=4&transport=websocket') -> None:
+        """Open the TCP stream, send the websocket handshake (with the extensions offered, if any), check the 101,
+        and start reading frames."""
         self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
         key = base64.b64encode(os.urandom(16)).decode()
         self._writer.write(
             (
-                'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
+                f'GET /socket.io/?{query} HTTP/1.1\r\n'
                 f'Host: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
                 f'Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n'
                 + (f'Sec-WebSocket-Extensions: {self.extensions}\r\n' if self.extensions else '')
@@ -73,6 +75,9 @@ class RawClient:
         if not self.extensions:
             assert b'sec-websocket-extensions' not in head.lower(), head  # none offered: plain frames
         self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def connect(self) -> Self:
+        await self._handshake()
         await self._wait(lambda: any(self._text(f).startswith('0{') for f in self.frames))
         for ns in NAMESPACES:
             self.send('40' if ns == '/' else f'40{ns},')
@@ -194,18 +199,7 @@ class UpgradeClient(WireClient):
             return f'{response.status} {await response.text()}'
 
     async def open_websocket(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._writer.write(
-            (
-                f'GET /socket.io/?EIO=4&transport=websocket&sid={self.sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n'
-                f'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n'
-                'Sec-WebSocket-Version: 13\r\n\r\n'
-            ).encode()
-        )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
-        assert head.startswith(b'HTTP/1.1 101'), head
-        self._task = asyncio.get_running_loop().create_task(self._read())
+        await self._handshake(f'EIO=4&transport=websocket&sid={self.sid}')
 
     def texts(self) -> list[str]:
         return [RawClient._text(f) for f in self.frames]
@@ -220,17 +214,7 @@ class GuessClient(WireClient):
     """A raw websocket client that opens the Engine.IO session and joins only the namespaces it is told to."""
 
     async def open(self, namespaces: tuple[str, ...] = ()) -> None:
-        self._reader, self._writer = await asyncio.open_connection('127.0.0.1', self.port)
-        self._writer.write(
-            (
-                'GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n'
-                f'Host: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
-                'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n'
-            ).encode()
-        )
-        head = await asyncio.wait_for(self._reader.readuntil(b'\r\n\r\n'), 10)
-        assert head.startswith(b'HTTP/1.1 101'), head
-        self._task = asyncio.get_running_loop().create_task(self._read())
+        await self._handshake()
         await self._wait(lambda: any(self._text(f).startswith('0{') for f in self.frames))
         for ns in namespaces:
             self.send('40' if ns == '/' else f'40{ns},')

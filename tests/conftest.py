@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import redis
 from redis.asyncio import Redis
 
 from gamelist_service.logs import default_log_config
-from gamelist_service.storage.embedded import find_redis_server
+from gamelist_service.storage.embedded import EmbeddedRedis, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / 'config' / 'games.yaml'
@@ -151,3 +151,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, '-m', 'gamelist_service', *args]
+
+
+@pytest.fixture
+def make_embedded() -> Iterator[Callable[..., EmbeddedRedis]]:
+    """EmbeddedRedis objects that are stopped after the test, whatever happened in it."""
+    made: list[EmbeddedRedis] = []
+
+    def make(directory: Path, **kwargs: object) -> EmbeddedRedis:
+        server = EmbeddedRedis(directory, **kwargs)  # type: ignore[arg-type]
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()

@@ -7,14 +7,14 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from gamelist_service.errors import EmbeddedRedisError, GamelistError
-from gamelist_service.storage.embedded import EmbeddedRedis, find_redis_server, socket_path_for
+from gamelist_service.storage.embedded import find_redis_server, socket_path_for
 from gamelist_service.storage.instances import (
     INFOFILE,
     PIDFILE,
@@ -27,22 +27,7 @@ from gamelist_service.storage.instances import (
     running,
 )
 
-MakeEmbedded = Callable[..., EmbeddedRedis]
-
-
-@pytest.fixture
-def make_embedded() -> Iterator[MakeEmbedded]:
-    """EmbeddedRedis objects that are stopped after the test, whatever happened in it."""
-    made: list[EmbeddedRedis] = []
-
-    def make(directory: Path, **kwargs: object) -> EmbeddedRedis:
-        server = EmbeddedRedis(directory, **kwargs)  # type: ignore[arg-type]
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
+from .helpers import MakeEmbedded
 
 
 @pytest.fixture

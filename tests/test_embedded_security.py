@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,6 @@ import redis
 
 from gamelist_service.errors import GamelistError
 from gamelist_service.storage.embedded import (
-    EmbeddedRedis,
     bundled_redis_server,
     find_redis_server,
     lacks_fixes,
@@ -26,27 +25,10 @@ from gamelist_service.storage.embedded import (
 from gamelist_service.storage.instances import claim, release
 from gamelist_service.storage.store import CURRENT_LIST_KEY, Store
 
-from .helpers import SHIPPED_CONFIG
-
-MakeEmbedded = Callable[..., EmbeddedRedis]
+from .helpers import SHIPPED_CONFIG, MakeEmbedded
 
 LIST = {'gamelist': [{'game_name': 'Poker', 'note': 'x' * 4000}]}  # about 4 KB, like a list of a few dozen games
 USER = {'user_id': 'u', 'device': {'model': 'y' * 2400}}  # about 2.5 KB, what device:info may make the service write
-
-
-@pytest.fixture
-def make_embedded() -> Iterator[MakeEmbedded]:
-    """EmbeddedRedis objects that are stopped after the test, whatever happened in it."""
-    made: list[EmbeddedRedis] = []
-
-    def make(directory: Path, **kwargs: object) -> EmbeddedRedis:
-        server = EmbeddedRedis(directory, **kwargs)  # type: ignore[arg-type]
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ class Outgoing:
 
     def frame_for(self, bits: int, hub: Any) -> bytes:
         """The bytes for a connection whose deflate window is bits (0: it did not negotiate the extension)."""
-        if not bits or len(self.payload) < hub.deflate_threshold:
+        if not bits or len(self.payload) < hub.deflate_threshold:  # bits: deflate_bits() of the connection
             return self.frame
         deflated = self._deflated
         if deflated is None:
@@ -356,6 +356,7 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         mono = self.clock()
         joined: dict[tuple[tuple[int, ...], int], bytes] = {}
         hub = self.lean_hub
+        deflating = hub is not None and hub.deflate  # else every connection takes the plain frames
         fallback: list[tuple[str, list[int]]] = []
         written = 0
         for eio_sid, indices in pending.items():
@@ -367,9 +368,9 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
                 if transport is None:
                     fallback.append((eio_sid, indices))
                     continue
-                bits = deflate_bits(sock) if hub is not None else 0
+                bits = deflate_bits(sock) if deflating else 0
                 if len(indices) == 1:
-                    data = frames[indices[0]].frame_for(bits, hub)
+                    data = frames[indices[0]].frame_for(bits, hub) if bits else frames[indices[0]].frame
                 else:
                     key = (tuple(indices), bits)
                     data = joined.get(key) or joined.setdefault(
@@ -413,7 +414,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             if transport is None:
                 return False
             hub = self.lean_hub
-            transport.write(item.frame_for(deflate_bits(sock), hub) if hub is not None else item.frame)
+            bits = deflate_bits(sock) if hub is not None and hub.deflate else 0
+            transport.write(item.frame_for(bits, hub) if bits else item.frame)
         except AttributeError as exc:  # a library changed shape under us: the plain path from now on
             self.disable(f'{type(exc).__name__}: {exc}')
             return False

@@ -95,17 +95,16 @@ class GuardedHttpProtocol(WebSocketProtocol):
             ip = peer[0] if isinstance(peer, tuple) and peer else None
             if limiter.trust_forwarded_for or not isinstance(ip, str):
                 ip = ''  # the process's total only: behind a proxy every socket comes from the proxy
-            if isinstance(ip, str):
-                if not limiter.socket_opened(ip):
-                    _refusals.warning(
-                        ip,
-                        'closing a new socket from %s: it holds twice limits.max_connections_per_ip sockets already',
-                        ip,
-                    )
-                    self.refused = True  # never set up: Sanic's connection_lost has nothing to undo
-                    transport.abort()
-                    return
-                self.counted_ip = ip
+            if not limiter.socket_opened(ip):
+                _refusals.warning(
+                    ip,
+                    'closing a new socket from %s: it holds twice limits.max_connections_per_ip sockets already',
+                    ip,
+                )
+                self.refused = True  # never set up: Sanic's connection_lost has nothing to undo
+                transport.abort()
+                return
+            self.counted_ip = ip
         super().connection_made(transport)  # type: ignore[no-untyped-call]
 
     def connection_lost(self, exc: Exception | None) -> None:

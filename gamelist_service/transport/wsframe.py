@@ -90,6 +90,11 @@ def deflated_frame(opcode: int, payload: bytes, window_bits: int = 15, level: in
     return struct.pack('!BBQ', first, 127, size) + body
 
 
+_DEFLATE_PARAMS = frozenset(
+    ('server_no_context_takeover', 'client_no_context_takeover', 'server_max_window_bits', 'client_max_window_bits')
+)
+
+
 def negotiate_deflate(offers: str) -> tuple[str, int] | None:
     """The Sec-WebSocket-Extensions response to a client's offers and the window bits to compress with, or None.
 
@@ -107,9 +112,7 @@ def negotiate_deflate(offers: str) -> tuple[str, int] | None:
         for item in raw:
             key, sep, value = item.partition('=')
             params[key.strip().lower()] = value.strip().strip('"') if sep else None
-        known = {'server_no_context_takeover', 'client_no_context_takeover', 'server_max_window_bits',
-                 'client_max_window_bits'}  # fmt: skip
-        if not set(params) <= known or len(params) != len(raw):
+        if not set(params) <= _DEFLATE_PARAMS or len(params) != len(raw):
             continue  # an unknown or repeated parameter: this offer is declined
         bits = 15
         if 'server_max_window_bits' in params:
