@@ -59,6 +59,11 @@ SCREEN_REQUESTS = Counter(
     'main:screen requests, per path: answered from memory where they arrive (direct) or by the handler (handler)',
     ['path'],
 )
+NAMESPACE_CONNECTS = Counter(
+    'gamelist_namespace_connects',
+    'Namespace CONNECTs of clients, per path: answered where they arrive (direct) or by python-socketio (handler)',
+    ['path'],
+)
 FANOUT_WRITES = Counter(
     'gamelist_fanout_writes',
     'Frames of broadcasts and catch-up lists handed to sockets, per path: written directly (fast) or through '

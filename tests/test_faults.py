@@ -107,10 +107,14 @@ async def test_redis_outage_of_30s_keeps_clients_fails_loudly_and_recovers_witho
         serve.start()
         clients = [await Recorder(serve.url, transport).connect() for transport in ('websocket', 'polling')]
         assert await async_wait_until(lambda: all(len(versions(c)) >= 3 for c in clients))
-        before = {id(c): len(versions(c)) for c in clients}
 
         redis_server.stop()  # SIGTERM: the server goes away, its port refuses connections
         down_at = time.monotonic()
+        # a list published just before the stop may still be on its way to the clients: count from once the
+        # service has seen Redis go (its subscription lost, then /ready answers 503)
+        assert await async_wait_until(lambda: 'Redis subscription to gamelist:updates lost' in serve.log())
+        assert (await asyncio.to_thread(ready_of, serve, 3.0))[0] == 503
+        before = {id(c): len(versions(c)) for c in clients}
         checked: set[str] = set()
         rounds = 0
         while time.monotonic() - down_at < OUTAGE_S:  # the one deliberate wait, checking all along

@@ -124,6 +124,29 @@ def test_rooms_entered_besides_a_clients_own_are_left_on_disconnect() -> None:
     assert manager.rooms == {} and manager.extra_rooms == {}
 
 
+def test_a_clients_own_room_is_its_entry_in_the_namespace() -> None:
+    """No bidict per client and namespace for its own room: its members come from room None, for every reader."""
+    manager = rooms.IndexedAsyncManager()
+    manager.set_server(rooms._Server())
+    for n in (1, 2):
+        manager.basic_enter_room(f's{n}', '/', None, eio_sid=f'e{n}')
+        manager.basic_enter_room(f's{n}', '/', f's{n}', eio_sid=f'e{n}')
+    manager.basic_enter_room('s2', '/', 'table-7')
+    assert set(manager.rooms['/']) == {None, 'table-7'}  # no room per client
+    assert list(manager.get_participants('/', 's1')) == [('s1', 'e1')]  # an emit to=sid
+    assert dict(manager.get_participants('/', ['s1', 'table-7'])) == {'s1': 'e1', 's2': 'e2'}
+    assert list(manager.get_participants('/', 'nobody')) == [] and list(manager.get_participants('/x', 's1')) == []
+    assert manager.is_sid_room('/', 's1') and manager.get_rooms('s1', '/') == ['s1']
+    with pytest.raises(ValueError, match='cannot enter a sid room'):
+        manager.basic_enter_room('s2', '/', 's1')
+    with pytest.raises(ValueError, match='not connected'):
+        manager.basic_enter_room('s9', '/', 's9', eio_sid='e9')  # its own room before room None
+    manager.basic_leave_room('s1', '/', 's1')  # a no-op: it leaves with room None
+    assert manager.is_connected('s1', '/')
+    manager.basic_disconnect('s1', '/')
+    assert list(manager.get_participants('/', 's1')) == [] and not manager.is_sid_room('/', 's1')
+
+
 async def test_churn_leaves_no_bookkeeping_behind(redis_url: str, tmp_path: Path) -> None:
     """Clients connect to both namespaces and leave, in rounds, through python-socketio's own handlers."""
     from gamelist_service.config.loader import load_settings  # noqa: PLC0415

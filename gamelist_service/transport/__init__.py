@@ -10,13 +10,13 @@ private attribute: a test and ruff's banned-api rule hold that (tests/test_compa
   Engine.IO corners answered as Node's socket.io does. On whatever server.fast_path says: they enforce the limits.
 - fastpath.py: a broadcast's websocket frame built once and written to every idle websocket.
 - lean.py, wsframe.py: websocket connections without Sanic's websocket machinery (RFC 6455 frames parsed here).
-- screen.py: main:screen answered where its frame arrives.
+- screen.py: main:screen answered where its frame arrives; connect.py: the same for a namespace CONNECT.
 - slim.py, heap.py: smaller per-connection state, and CPython's full collections kept off the connections.
 - rooms.py: connects and disconnects in O(1).
 - httpproto.py: open sockets per client address, and one deadline for a request head.
 - compat.py: every internal relied on, per feature; check() runs at start and switches off what is missing.
 
-The fast parts (fastpath, lean, screen, slim, heap, rooms) run when server.fast_path is true (the default) and
+The fast parts (fastpath, lean, screen, connect, slim, heap, rooms) run when server.fast_path is true (the default) and
 their internals are there; docs/design.md has why each exists and what it measured.
 """
 
@@ -41,6 +41,7 @@ __all__ = [
     'Transport',
     'ack_requested',
     'create_server',
+    'emit_now',
     'http_protocol',
     'install',
 ]
@@ -149,6 +150,10 @@ def install(
         responder = screen.install(sio, service, namespace_class) if not report['screen'] else None
         if hub is not None:
             hub.responder = responder
+            if not report['connect']:
+                from . import connect  # noqa: PLC0415
+
+                hub.connector = connect.install(sio, namespace_class)
     sio.lean_hub = hub
     if not report['guards']:
         guards.guard_requests(sio.eio, hub.accept_and_close if hub is not None else None)
@@ -167,6 +172,13 @@ def install(
         passer = handoff.Handoff(handoff_port, httpproto.adopt)
         sio.eio.generate_id = SessionIds(owner=passer.pid)
     return Transport(sio, fast, hub, passer)
+
+
+def emit_now(sio: GamelistServer, event: str, data: Any, namespace: str, sid: str) -> bool:
+    """Write an emit of data to one client now, without awaiting, when the fast path can; False: nothing was done
+    (then `await sio.emit(..., to=sid)`)."""
+    emit = getattr(sio.manager, 'emit_now', None)
+    return bool(emit is not None and emit(event, data, namespace, sid))
 
 
 def http_protocol() -> type:

@@ -30,7 +30,7 @@ TESTED = {
 }
 TESTED_PYTHON = ((3, 11),)
 
-FEATURES = ('server', 'guards', 'fastpath', 'lean', 'screen', 'slim', 'rooms', 'httpproto')
+FEATURES = ('server', 'guards', 'fastpath', 'lean', 'screen', 'connect', 'slim', 'rooms', 'httpproto')
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +103,14 @@ INTERNALS: tuple[Internal, ...] = (
     *_i('screen', 'attr', "websockets' parser", 'websockets.server.ServerProtocol.receive_data',
         'websockets.server.ServerProtocol.data_to_send', 'websockets.server.ServerProtocol.events_received'),
     *_i('screen', 'behaviour', "the reply's bytes are python-socketio's", 'socketio.packet.Packet.json'),
+    # transport/connect.py: a namespace CONNECT answered where its frame arrives
+    *_i('connect', 'attr', "python-socketio's connect bookkeeping, called without its coroutine wrappers",
+        'socketio.base_manager.BaseManager.pre_connect', 'socketio.base_manager.BaseManager.connect',
+        'socketio.base_manager.BaseManager.is_pre_connected'),
+    *_i('connect', 'instance', 'what _handle_connect reads: the session environ, a binary packet in progress, '
+        'always_connect', f'{SIO}.environ', f'{SIO}._binary_packet', f'{SIO}.always_connect'),
+    *_i('connect', 'behaviour', "the CONNECT reply's and refusal's bytes are python-socketio's",
+        f'{SIO}._handle_connect', 'socketio.exceptions.ConnectionRefusedError.error_args'),
     # transport/slim.py: smaller per-connection state
     *_i('slim', 'instance', 'deques that hold at most one item become lists', 'asyncio.Queue._putters',
         'asyncio.Queue._finished', 'asyncio.Event._waiters'),
@@ -113,7 +121,8 @@ INTERNALS: tuple[Internal, ...] = (
     # transport/rooms.py: O(1) disconnects
     *_i('rooms', 'attr', 'the rooms of a client, indexed', 'socketio.base_manager.BaseManager.basic_enter_room',
         'socketio.base_manager.BaseManager.basic_leave_room', 'socketio.base_manager.BaseManager.basic_disconnect',
-        'socketio.base_manager.BaseManager.get_rooms'),
+        'socketio.base_manager.BaseManager.get_rooms', 'socketio.base_manager.BaseManager.get_participants',
+        'socketio.base_manager.BaseManager.is_sid_room'),
     *_i('rooms', 'instance', "python-socketio's room bookkeeping", 'socketio.base_manager.BaseManager.rooms',
         'socketio.base_manager.BaseManager.pending_connect', 'socketio.base_manager.BaseManager.pending_disconnect'),
     # transport/httpproto.py: sockets per address, the request-head deadline
@@ -171,6 +180,7 @@ def _probes() -> dict[str, Callable[[], list[str]]]:
         ('fastpath', 'fastpath'),
         ('lean', 'lean'),
         ('screen', 'screen'),
+        ('connect', 'connect'),
         ('slim', 'slim'),
         ('rooms', 'rooms'),
         ('httpproto', 'httpproto'),

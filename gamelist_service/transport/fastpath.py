@@ -187,6 +187,8 @@ def _recording_subclass(base: type, manager: FastAsyncManager) -> type:
             # a websocket connection, direct or an upgrade from polling: run by lean.py if it can
             if hub is not None and owner is not None and manager.enabled and hub.takeover(owner, environ):
                 return {'status': '200 OK', 'headers': [], 'response': b''}  # Sanic writes it nowhere: taken over
+            if hub is not None and owner is not None:
+                hub.start_deferred_ping(owner)  # python-engineio's handler runs it: its pings too
             return await super().__call__(environ)
 
         async def wait(self) -> Any:
@@ -278,21 +280,10 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             data = []
         if not isinstance(skip_sid, list):
             skip_sid = [skip_sid]
-        key = (id(original), event, namespace)
-        held = self._encoded.get(key)
-        if held is not None and held[0] is original:
-            item = held[1]  # the same object again (the catch-up list of a reconnect storm)
-        else:
-            pkt = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data])
-            encoded = pkt.encode()
-            if not isinstance(encoded, str):  # binary attachments: several packets per client; the plain path
-                await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
-                return
-            eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-            item = Outgoing(eio_pkt, eio_pkt.encode().encode('utf-8'))
-            if len(self._encoded) >= ENCODED_KEPT:
-                self._encoded.clear()
-            self._encoded[key] = (original, item)
+        item = self._outgoing(event, original, data, namespace)
+        if item is None:  # binary attachments: several packets per client; the plain path
+            await super().emit(event, original, namespace, room=room, skip_sid=skip_sid, **kwargs)
+            return
         if isinstance(room, str) and skip_sid == [None] and self._write_to_one(eio, namespace, room, item):
             return  # one client, idle, nothing of this turn waiting for it: written now (a catch-up list)
         stashed, slow = self._stash(eio, namespace, room, skip_sid, item)
@@ -304,6 +295,39 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             _PLAIN.inc(len(slow))
             send = self.server._send_eio_packet
             await asyncio.wait([asyncio.create_task(send(eio_sid, item.eio_pkt)) for eio_sid in slow])
+
+    def _outgoing(self, event: str, original: Any, data: list[Any], namespace: str) -> Outgoing | None:
+        """The packet of an emit, encoded once per object (the catch-up list of a reconnect storm is one object for
+        everyone); None when it has binary attachments."""
+        key = (id(original), event, namespace)
+        held = self._encoded.get(key)
+        if held is not None and held[0] is original:
+            return held[1]
+        encoded = self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *data]).encode()
+        if not isinstance(encoded, str):
+            return None
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        item = Outgoing(eio_pkt, eio_pkt.encode().encode('utf-8'))
+        if len(self._encoded) >= ENCODED_KEPT:
+            self._encoded.clear()
+        self._encoded[key] = (original, item)
+        return item
+
+    def emit_now(self, event: str, data: Any, namespace: str, sid: str) -> bool:
+        """An emit of one object to one client (its own room), written now without awaiting; False: nothing was
+        done, emit() takes it (the client is not idle, a frame of this turn waits for it, or the plain path)."""
+        eio = getattr(self.server, 'eio', None)
+        if (
+            not self.enabled
+            or not self.installed
+            or eio is None
+            or eio.logger.isEnabledFor(logging.INFO)
+            or not wrap_driver(self, eio)
+            or namespace not in self.rooms
+        ):
+            return False
+        item = self._outgoing(event, data, [data], namespace)
+        return item is not None and self._write_to_one(eio, namespace, sid, item)
 
     def _stash(self, eio: Any, namespace: str, room: Any, skip_sid: list[Any], item: Outgoing) -> tuple[int, list[str]]:
         """Note the frame for every idle recipient (written by _flush); returns how many, and the others' eio sids."""
@@ -451,7 +475,7 @@ def direct_transport(sock: Any, now: float, ping_timeout: float, mono: float | N
         last_ping = sock.last_ping
         if last_ping and now - last_ping > ping_timeout:
             return None  # AsyncSocket.send closes it; let the normal path do that
-        return lean.open_transport()
+        return lean.sink()
     ws = getattr(sock, SANIC_WS_ATTR, None)
     if ws is None or not _idle(sock, ws, now, ping_timeout, State.OPEN):
         return None
@@ -495,3 +519,4 @@ class PlainRoomsFastAsyncManager(FastAsyncManager):
     basic_leave_room = socketio.AsyncManager.basic_leave_room
     basic_disconnect = socketio.AsyncManager.basic_disconnect
     get_rooms = socketio.AsyncManager.get_rooms
+    get_participants = socketio.AsyncManager.get_participants

@@ -64,12 +64,14 @@ ACCEPT_GUID = b'258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 SLOW_CLIENT_BYTES = 4 * 1024 * 1024  # unsent bytes at which a client that stopped reading is disconnected
 MAX_IN_FLIGHT = 4  # a connection's packets on their way through tasks; beyond this its reading pauses
 FIRST_PING_ATTR = '_gamelist_first_ping'  # python-engineio's ping task of a socket that is not connected yet
+_DEFERRED = 'deferred'  # FIRST_PING_ATTR of a direct handshake's socket: no task was started for its first ping
+_IN_DIRECT_HANDSHAKE: contextvars.ContextVar[bool] = contextvars.ContextVar('gamelist_direct_handshake', default=False)
 PING_FRAME = wsframe.text_frame(eio_packet.Packet(eio_packet.PING).encode())
 PONG = eio_packet.Packet(eio_packet.PONG).encode()
 PROBE = eio_packet.Packet(eio_packet.PING, data='probe').encode()
 PROBE_ANSWER = wsframe.text_frame(eio_packet.Packet(eio_packet.PONG, data='probe').encode())
 UPGRADE = eio_packet.Packet(eio_packet.UPGRADE).encode()
-OPEN, PROBING, UPGRADING = 0, 1, 2  # LeanConnection.stage
+OPEN, PROBING, UPGRADING, ENDING = 0, 1, 2, 3  # LeanConnection.stage
 POLICY_VIOLATION = 1008  # websocket close code
 
 
@@ -192,6 +194,7 @@ class LeanConnection(asyncio.Protocol):
         'backlog',
         'deadline',
         'deflate_bits',
+        'gathered',
         'head',
         'hub',
         'inflight',
@@ -216,6 +219,7 @@ class LeanConnection(asyncio.Protocol):
         self.ip = ip  # the address this socket is counted under (limits), released when it closes
         self.deflate_bits = 0  # permessage-deflate negotiated: the window its compressed frames use (0: none)
         self.head = b''  # the 101 answer, written with the first frame (the OPEN packet) in one system call
+        self.gathered: list[bytes] | None = None  # while one read's frames are handled: the replies, for one write
 
     # -- the transport's callbacks
 
@@ -228,7 +232,13 @@ class LeanConnection(asyncio.Protocol):
         if self.backlog is not None:  # frames of earlier reads wait for the packets in flight: these go after them
             self.backlog.extend(items)
         elif items:
-            self.handle(items)
+            # what is answered while this read's frames are handled goes out in one system call (a client joining
+            # two namespaces gets both CONNECT replies and the list due on connect in one write)
+            self.gathered = []
+            try:
+                self.handle(items)
+            finally:
+                self.write_gathered()
 
     def handle(self, items: list[tuple[int, bytes]]) -> None:
         """Act on received frames in order; with MAX_IN_FLIGHT packets in flight, the rest wait (reading paused)."""
@@ -287,6 +297,8 @@ class LeanConnection(asyncio.Protocol):
         sock = self.sock
         hub = self.hub
         if self.stage != OPEN:
+            if self.stage == ENDING:
+                return False  # the server ends this connection (close_soon): the rest of its read is dropped
             return self.upgrade_step(data)
         gate = hub.gate
         if isinstance(data, str):
@@ -301,8 +313,7 @@ class LeanConnection(asyncio.Protocol):
                 refusal = gate.check(sock.sid, data[1:])
                 if refusal is not None:
                     return self.refuse(refusal)
-            responder = hub.responder
-            if responder is not None and data[:2] == '42' and not self.inflight and responder.answer_text(sock, data):
+            if not self.inflight and self.answered_here(data):
                 return True  # nothing of this client's was still on the normal path: the answer keeps the order
         elif gate is not None:
             refusal = gate.check_binary(sock.sid)
@@ -314,11 +325,26 @@ class LeanConnection(asyncio.Protocol):
             logger.warning('closing a websocket: malformed Engine.IO packet (%s: %s)', type(exc).__name__, exc)
             self.fail(wsframe.PROTOCOL_ERROR, 'malformed Engine.IO packet')
             return False
-        task = asyncio.get_running_loop().create_task(self._receive(pkt))
-        hub.receiving.add(task)
+        self.run(self._receive(pkt))
+        return True
+
+    def answered_here(self, data: str) -> bool:
+        """A main:screen request or a namespace CONNECT answered in this callback (screen.py, connect.py)."""
+        kind = data[:2]
+        if kind == '42':
+            responder = self.hub.responder
+            return responder is not None and bool(responder.answer_text(self.sock, data))
+        if kind == '40':
+            connector = self.hub.connector
+            return connector is not None and bool(connector.answer(self.sock, self, data))
+        return False
+
+    def run(self, coro: Any) -> None:
+        """A packet's way through the normal path, in a task: counted in flight until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.hub.receiving.add(task)
         task.add_done_callback(self._received)
         self.inflight += 1
-        return True
 
     def refuse(self, refusal: Any) -> bool:
         """A packet the gate refused (protocol.Refusal): its reply, then the connection's end if it says so."""
@@ -410,7 +436,24 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         return None if transport is None or transport.is_closing() else transport
 
+    def sink(self) -> Any:
+        """Where a frame written now goes: the transport, or this connection while it gathers the replies to one read
+        (write() keeps them in order); None once the connection is closing."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return None
+        return transport if self.gathered is None else self
+
+    def write_gathered(self) -> None:
+        gathered, self.gathered = self.gathered, None
+        if gathered:
+            self.write(gathered[0] if len(gathered) == 1 else b''.join(gathered))
+
     def write(self, data: bytes) -> None:
+        gathered = self.gathered
+        if gathered is not None:
+            gathered.append(data)
+            return
         transport = self.open_transport()
         if transport is not None:
             head = self.head
@@ -418,6 +461,10 @@ class LeanConnection(asyncio.Protocol):
                 self.head = b''
                 data = head + data
             transport.write(data)
+
+    def write_text(self, text: str) -> None:
+        """One Engine.IO packet (text) in a frame of its own."""
+        self.write(self.frame_for(text.encode('utf-8')))
 
     def write_packet(self, pkt: Any) -> None:
         encoded = pkt.encode()
@@ -441,6 +488,8 @@ class LeanConnection(asyncio.Protocol):
         No Engine.IO close packet goes first (Node's websocket transport sends none either): python-socketio's client
         takes one as final and does not reconnect, while a close frame alone is a transport close it reconnects after.
         """
+        if self.gathered:
+            self.write_gathered()  # the replies written before it go first
         transport = self.open_transport()
         if transport is None:
             return
@@ -450,6 +499,13 @@ class LeanConnection(asyncio.Protocol):
         else:
             transport.write(wsframe.close_frame(code, reason))
         transport.close()
+
+    def close_soon(self, code: int, reason: str = '') -> None:
+        """close() once the packet being handled is answered; nothing more this connection sent is acted on."""
+        if self.open_transport() is not None and self.stage != ENDING:
+            self.stage = ENDING
+            self.reader.closed = True
+            asyncio.get_running_loop().call_soon(self.close, code, reason)
 
     def fail(self, code: int, reason: str) -> None:
         logger.info('closing a websocket (%s): %s', self.sock.sid, reason)
@@ -551,7 +607,8 @@ class Hub:
         self.deflate = deflate_threshold is not None
         self.deflate_level = 6
         self.direct = True  # handshakes answered without Sanic's request machinery (direct_handshake)
-        self.responder: Any = None  # screenpath.ScreenResponder, when main:screen is answered in place
+        self.responder: Any = None  # screen.ScreenResponder, when main:screen is answered in place
+        self.connector: Any = None  # connect.ConnectResponder, when namespace CONNECTs are answered in place
         self.gate: Any = getattr(sio, 'gate', None)  # protocol.Gate: each client packet counted where it arrives
         self.enabled = True
         self.upgrading: dict[str, LeanConnection] = {}  # eio sid -> its websocket while the upgrade is in progress
@@ -561,14 +618,27 @@ class Hub:
         plain_start = self.eio.start_background_task
 
         def start_background_task(target: Any, *args: Any, **kwargs: Any) -> Any:
-            task = plain_start(target, *args, **kwargs)
             owner = getattr(target, '__self__', None)
             if getattr(target, '__func__', None) is AsyncSocket._send_ping and not getattr(owner, 'connected', True):
+                if _IN_DIRECT_HANDSHAKE.get():
+                    # a websocket handshake taken at its first bytes: takeover follows, and the connection's timer
+                    # pings; no task only to be cancelled (start_deferred_ping starts it if takeover does not happen)
+                    vars(owner)[FIRST_PING_ATTR] = _DEFERRED
+                    return None
+                task = plain_start(target, *args, **kwargs)
                 vars(owner)[FIRST_PING_ATTR] = task  # takeover cancels it: the connection's timer pings instead
                 task.add_done_callback(lambda _: vars(owner).pop(FIRST_PING_ATTR, None))
-            return task
+                return task
+            return plain_start(target, *args, **kwargs)
 
+        self.plain_start = plain_start
         self.eio.start_background_task = start_background_task
+
+    def start_deferred_ping(self, sock: Any) -> None:
+        """The websocket of a direct handshake was not taken over: python-engineio's first ping starts after all."""
+        if vars(sock).get(FIRST_PING_ATTR) == _DEFERRED:
+            del vars(sock)[FIRST_PING_ATTR]
+            self.plain_start(sock._send_ping)
 
     def verbose(self) -> bool:
         """python-engineio logs every packet (at INFO): let it see each one."""
@@ -673,6 +743,7 @@ class Hub:
 
     async def _direct_connect(self, protocol: Any, environ: dict[str, Any]) -> None:
         transport = protocol.transport
+        _IN_DIRECT_HANDSHAKE.set(True)  # this task's context only (start_background_task above)
         try:
             answer = await self.eio._handle_connect(environ, 'websocket')
         except Exception:  # as the normal path: log it; the client sees its connection close
@@ -742,7 +813,9 @@ class Hub:
         sock.lean = conn
         sock.upgraded = True
         sock.upgrading = False
-        if first_ping is not None and not first_ping.done():
+        if first_ping == _DEFERRED:
+            conn.schedule_ping()  # the connection's timer pings from the start
+        elif first_ping is not None and not first_ping.done():
             first_ping.cancel()  # python-engineio's first ping, still asleep: the connection's timer pings instead
             conn.schedule_ping()
         queue = sock.queue

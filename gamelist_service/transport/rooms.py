@@ -9,6 +9,11 @@ in its own room, and any other room it enters is noted in a reverse index (sid -
 the application uses rooms (this service does not): no memory per connection for it. The pending-connect and
 pending-disconnect bookkeeping stays python-socketio's.
 
+A client's own room is not a bidict of its own either: its one member is the client, whose eio sid the namespace's
+room None already holds (python-socketio's is_sid_room looks there too). python-socketio made one bidict per client
+and namespace: about 570 bytes and 8.6 µs each, 1.1 KB and 17 µs for a client of two namespaces. get_participants
+answers for it from room None.
+
 It overrides documented-by-code parts of socketio.base_manager.BaseManager (rooms[namespace][room] is a bidict of
 sid -> eio_sid); check() verifies them at start, and create_manager falls back to python-socketio's own manager,
 logged, when one is missing.
@@ -37,6 +42,8 @@ def check() -> list[str]:
         manager.basic_enter_room('s1', '/', 'lobby')
         if manager.get_rooms('s1', '/') != ['s1', 'lobby'] or manager.rooms['/'][None].get('s1') != 'e1':
             missing.append('socketio BaseManager.rooms[namespace][room] is not a sid -> eio_sid map')
+        if list(manager.get_participants('/', 's1')) != [('s1', 'e1')] or not manager.is_sid_room('/', 's1'):
+            missing.append("socketio BaseManager.is_sid_room does not look at the namespace's room None")
         for name in ('callbacks', 'pending_connect', 'pending_disconnect'):
             if not isinstance(getattr(manager, name, None), dict):
                 missing.append(f'socketio BaseManager().{name}')
@@ -63,11 +70,17 @@ class IndexedAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
         self.extra_rooms: dict[tuple[str, str], set[Any]] = {}
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        if room is not None and room == sid:
+            if namespace not in self.rooms or sid not in self.rooms[namespace].get(None, ()):
+                raise ValueError('sid is not connected to requested namespace')
+            return  # its own room: room None holds it (see the module docstring)
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if room is not None and room != sid:
+        if room is not None:
             self.extra_rooms.setdefault((namespace, sid), set()).add(room)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        if room is not None and room == sid:
+            return  # its own room: it is left with room None
         super().basic_leave_room(sid, namespace, room)
         if room is not None and room != sid:
             rooms = self.extra_rooms.get((namespace, sid))
@@ -76,10 +89,30 @@ class IndexedAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
                 if not rooms:
                     del self.extra_rooms[(namespace, sid)]
 
+    def get_participants(self, namespace: str, room: Any) -> Any:
+        """(sid, eio sid) of the clients in room, or in any of the rooms given as a list; a client's own room is its
+        entry in room None."""
+        ns = self.rooms.get(namespace, {})
+        everyone = ns.get(None, {})
+        if hasattr(room, '__len__') and not isinstance(room, str):
+            participants: dict[str, str] = {}
+            for name in room:
+                if name in ns:
+                    participants.update(ns[name].items())
+                elif name in everyone:
+                    participants[name] = everyone[name]
+        elif room in ns:
+            participants = dict(ns[room].items())
+        elif room in everyone:
+            participants = {room: everyone[room]}
+        else:
+            participants = {}
+        yield from participants.items()
+
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         if namespace not in self.rooms:
             return
-        for room in (*self.extra_rooms.pop((namespace, sid), ()), sid, None):
+        for room in (*self.extra_rooms.pop((namespace, sid), ()), None):
             super().basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
         for pending in (self.pending_connect, self.pending_disconnect):

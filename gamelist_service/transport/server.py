@@ -26,6 +26,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from ..errors import TOO_MANY_CONNECTIONS
+from ..metrics import NAMESPACE_CONNECTS
 from . import guards
 from .types import Limiter
 
@@ -35,6 +36,7 @@ logger = logging.getLogger('gamelist_service.transport.server')
 _ack_requested: contextvars.ContextVar[bool] = contextvars.ContextVar('ack_requested', default=False)
 CLOSE_GRACE_S = 1.0  # after the namespace disconnects: time for the client to close its Engine.IO session itself
 POLICY_VIOLATION = 1008  # websocket close code
+_CONNECT_HANDLER = NAMESPACE_CONNECTS.labels('handler')
 
 
 def check() -> list[str]:
@@ -144,6 +146,7 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
             )
             await self._send_packet(eio_sid, error)
             return
+        _CONNECT_HANDLER.inc()
         await super()._handle_connect(eio_sid, namespace, data)
         # the CONNECT packet is out: what the namespace sends a new client now follows it (no task for it)
         after = getattr(self.namespace_handlers.get(namespace), 'after_connect', None)
@@ -181,7 +184,11 @@ class GamelistServer(socketio.AsyncServer):  # type: ignore[misc]
         """A namespace refused this session's connect: after limits.max_refused_connects, the session is closed."""
         if eio_sid in self.eio.sockets and self.limiter.connect_refused(eio_sid):
             logger.warning('closing session %s: %d namespace connects refused', eio_sid, self.limiter.refused[eio_sid])
-            self._spawn(self.end_session(eio_sid, POLICY_VIOLATION, 'too many refused connects'))
+            conn = getattr(self.eio.sockets[eio_sid], 'lean', None)
+            if conn is not None:
+                conn.close_soon(POLICY_VIOLATION, 'too many refused connects')  # the rest of its read is dropped
+            else:
+                self._spawn(self.end_session(eio_sid, POLICY_VIOLATION, 'too many refused connects'))
 
     async def end_session(self, eio_sid: str, code: int, why: str) -> None:
         """Close a client's Engine.IO session as a transport close, which socket.io clients reconnect after: a close

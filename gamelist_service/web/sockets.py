@@ -59,6 +59,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._catch_up: tuple[dict[str, Any], str, float, dict[str, Any]] | None = None
         self._catch_ups: dict[str, int | None] = {}  # sid -> its since, for after_connect
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connected_gauge = metrics.CONNECTED_CLIENTS.labels(self.namespace)
         self._device_validator = jsonschema.Draft202012Validator(schema(DEVICE_INFO_SCHEMA))
         self._known_device_fields = frozenset(schema(DEVICE_INFO_SCHEMA)['properties'])
 
@@ -95,12 +96,29 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
             raise socketio.exceptions.ConnectionRefusedError('internal error') from None
 
+    def admit(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        """_connect without awaiting (on_connect never waits): transport/ calls it where a namespace CONNECT arrives
+        (transport/connect.py) while this class's connect handling is as written here."""
+        try:
+            return self.accept(sid, environ, auth)
+        except socketio.exceptions.ConnectionRefusedError:
+            self._refused(sid)
+            raise
+        except Exception:
+            logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
+            raise socketio.exceptions.ConnectionRefusedError('internal error') from None
+
     def _refused(self, sid: str) -> None:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
         if eio_sid is not None and isinstance(self.server, GamelistServer):
             self.server.connect_refused(eio_sid)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        return self.accept(sid, environ, auth)
+
+    def accept(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        """A client joins: the limits, its auth and producer token, the bookkeeping; ConnectionRefusedError refuses
+        it. The list due on connect is only noted here: after_connect sends it, once the CONNECT packet is out."""
         limiter: ConnectionLimiter | None = getattr(self.server, 'limiter', None)
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace) if limiter is not None else None
         if limiter is not None and eio_sid is not None and limiter.over_cap(eio_sid):
@@ -126,7 +144,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if eio_sid is not None and isinstance(self.server, GamelistServer):
             self.server.joined(eio_sid)
         self.clients.add(sid)
-        metrics.CONNECTED_CLIENTS.labels(self.namespace).inc()
+        self._connected_gauge.inc()
         self.joined += 1
         since = auth.get('since') if isinstance(auth, dict) else None
         logger.debug('client %s connected to %s (%d clients)', sid, self.namespace, len(self.clients))
@@ -138,6 +156,27 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         """Right after the CONNECT packet went out (transport.GamelistServer calls it): the list, if it is due."""
         if sid in self._catch_ups:
             await self._send_current(sid, self._catch_ups.pop(sid))
+
+    def after_connect_now(self, sid: str) -> bool:
+        """after_connect when it needs no wait: True when it is done (nothing due, or the list held in memory
+        written to the client now); False: nothing done, after_connect must run."""
+        catch_ups = self._catch_ups
+        if sid not in catch_ups:
+            return True
+        lst = self.service.settings.get_list(self.settings.list)
+        data = self.service.cached(lst.name)
+        if data is None:
+            return False  # not in memory (or maybe expired): after_connect reads it, or finds it expired
+        since = catch_ups[sid]
+        if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
+            del catch_ups[sid]
+            return True
+        if not transport.emit_now(
+            self.server, lst.event, self._catch_up_envelope(data, lst.event), self.namespace, sid
+        ):
+            return False
+        del catch_ups[sid]
+        return True
 
     def _producer(self, sid: str, auth: Any, claims: dict[str, Any]) -> bool:
         """Whether this client may send game_list:updated; a wrong producer token refuses the connect."""
@@ -178,7 +217,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if sid in self.clients:
             self.clients.discard(sid)
             self.left += 1
-            metrics.CONNECTED_CLIENTS.labels(self.namespace).dec()
+            self._connected_gauge.dec()
         self.users.pop(sid, None)
         self.producers.discard(sid)
         self._catch_ups.pop(sid, None)
