@@ -123,6 +123,8 @@ INTERNALS: tuple[Internal, ...] = (
         'socketio.base_manager.BaseManager.basic_leave_room', 'socketio.base_manager.BaseManager.basic_disconnect',
         'socketio.base_manager.BaseManager.get_rooms', 'socketio.base_manager.BaseManager.get_participants',
         'socketio.base_manager.BaseManager.is_sid_room'),
+    *_i('rooms', 'instance', "a room's forward dict, copied as python-socketio's get_participants does",
+        'bidict.BidictBase._fwdm'),
     *_i('rooms', 'instance', "python-socketio's room bookkeeping", 'socketio.base_manager.BaseManager.rooms',
         'socketio.base_manager.BaseManager.pending_connect', 'socketio.base_manager.BaseManager.pending_disconnect'),
     # transport/httpproto.py: sockets per address, the request-head deadline

@@ -42,6 +42,8 @@ def check() -> list[str]:
         manager.basic_enter_room('s1', '/', 'lobby')
         if manager.get_rooms('s1', '/') != ['s1', 'lobby'] or manager.rooms['/'][None].get('s1') != 'e1':
             missing.append('socketio BaseManager.rooms[namespace][room] is not a sid -> eio_sid map')
+        if not isinstance(getattr(manager.rooms['/'][None], '_fwdm', None), dict):
+            missing.append("bidict's forward dict (_fwdm), which python-socketio's get_participants copies")
         if list(manager.get_participants('/', 's1')) != [('s1', 'e1')] or not manager.is_sid_room('/', 's1'):
             missing.append("socketio BaseManager.is_sid_room does not look at the namespace's room None")
         for name in ('callbacks', 'pending_connect', 'pending_disconnect'):
@@ -98,11 +100,11 @@ class IndexedAsyncManager(socketio.AsyncManager):  # type: ignore[misc]
             participants: dict[str, str] = {}
             for name in room:
                 if name in ns:
-                    participants.update(ns[name].items())
+                    participants.update(ns[name]._fwdm)
                 elif name in everyone:
                     participants[name] = everyone[name]
         elif room in ns:
-            participants = dict(ns[room].items())
+            participants = ns[room]._fwdm.copy()  # as python-socketio: a dict's copy (dict(items) is 20x slower)
         elif room in everyone:
             participants = {room: everyone[room]}
         else:
