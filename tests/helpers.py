@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import redis
 import yaml
 
+from gamelist_service.core.lists import utc_now_iso
 from gamelist_service.storage.embedded import EmbeddedRedis
 from gamelist_service.storage.instances import running
 
@@ -365,6 +366,18 @@ def fixed_list(version: int) -> dict[str, Any]:
         'total_players': 300000,
         'version': version,
     }
+
+
+def publish_live_list(serve: Serve, version: int, updated_at: str | None = None) -> None:
+    """A list with the test's marker, written now: every serve process keeps it in memory for main:screen."""
+    data = fixed_list(version)
+    data['updated_at'] = updated_at or utc_now_iso()
+    client = redis_of(serve)
+    try:
+        client.set('gamelist:current', json.dumps(data), ex=300)
+        client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': data}))
+    finally:
+        client.close()
 
 
 def metric(serve: Serve, name: str, labels: str = '') -> float:

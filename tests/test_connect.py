@@ -4,7 +4,6 @@ own path, the fallbacks to it, and the replies to one read written together."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -14,10 +13,11 @@ import pytest
 from engineio import async_socket as engineio_socket
 from socketio import packet as sio_packet
 
+from gamelist_service.core.lists import utc_now_iso
 from gamelist_service.transport import connect, lean, wsframe
 
 from .clients import RawClient, WireClient, masked
-from .helpers import MARKER, Serve, fast_and_plain, fixed_list, metric, redis_of
+from .helpers import MARKER, Serve, fast_and_plain, metric, publish_live_list
 
 SID = re.compile(rb'"sid":"([A-Za-z0-9_-]{20})"')
 
@@ -29,17 +29,6 @@ def serves(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[bool, Serv
 
 def connects(serve: Serve, path: str) -> float:
     return metric(serve, 'gamelist_namespace_connects_total', f'{{path="{path}"}}')
-
-
-def publish(serve: Serve, version: int) -> None:
-    """A list with the tests' marker, in Redis and in every serve process's memory."""
-    data = fixed_list(version)
-    client = redis_of(serve)
-    try:
-        client.set('gamelist:current', json.dumps(data), ex=300)
-        client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': data}))
-    finally:
-        client.close()
 
 
 def blanked(client: RawClient) -> list[bytes]:
@@ -69,8 +58,9 @@ def texts_of(client: RawClient) -> list[str]:
 
 async def test_connect_replies_are_byte_identical_to_the_normal_path(serves: dict[bool, Serve]) -> None:
     got: dict[bool, list[bytes]] = {}
+    updated_at = utc_now_iso()  # the same list on both servers
     for fast, serve in serves.items():
-        publish(serve, 8100)
+        publish_live_list(serve, 8100, updated_at)
         before = connects(serve, 'direct')
         # both namespaces in one read; /gameplay is behind (since 8099): the list follows its CONNECT reply
         client = await session(

@@ -50,6 +50,16 @@ async def test_an_unexpected_error_on_connect_refuses_with_a_generic_message(cap
     assert caught.value.error_args == {'message': 'internal error'}  # refused, not let in
     assert namespace.clients == set()
     assert 'failed unexpectedly' in caplog.text
+    # the same where transport/connect.py answers a CONNECT in place (admit, without awaiting)
+    caplog.clear()
+    with (
+        caplog.at_level(logging.ERROR, logger='gamelist_service.web.sockets'),
+        pytest.raises(socketio.exceptions.ConnectionRefusedError) as caught,
+    ):
+        namespace.admit('sid-2', {}, {'token': 'x'})
+    assert caught.value.error_args == {'message': 'internal error'}
+    assert namespace.clients == set()
+    assert 'connect of sid-2 to / failed unexpectedly' in caplog.text and 'Traceback' in caplog.text
 
 
 def test_an_unexpected_http_error_gives_a_generic_body(caplog: pytest.LogCaptureFixture) -> None:

@@ -23,7 +23,7 @@ from gamelist_service.transport import fastpath, screen
 from gamelist_service.web.sockets import GameNamespace
 
 from .clients import RawClient
-from .helpers import Serve, fast_and_plain, fixed_list, metric, redis_of, start_serve, wait_until
+from .helpers import Serve, fast_and_plain, fixed_list, metric, publish_live_list, start_serve, wait_until
 
 SCREEN = b'"event":"main:screen"'
 
@@ -34,18 +34,6 @@ def masked(text: str) -> bytes:
     assert len(data) < 126
     mask = os.urandom(4)
     return bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-def publish_live_list(serve: Serve, version: int, updated_at: str | None = None) -> None:
-    """A list with the test's marker, written now: every serve process keeps it in memory for main:screen."""
-    data = fixed_list(version)
-    data['updated_at'] = updated_at or utc_now_iso()
-    client = redis_of(serve)
-    try:
-        client.set('gamelist:current', json.dumps(data), ex=300)
-        client.publish('gamelist:updates', json.dumps({'list': 'current', 'data': data}))
-    finally:
-        client.close()
 
 
 def replies(client: RawClient) -> list[bytes]:

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import socketio
@@ -89,24 +89,24 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         """on_connect, failing closed: an unexpected error refuses the client with a generic message."""
         try:
             return await self.on_connect(sid, environ, auth)
-        except socketio.exceptions.ConnectionRefusedError:
-            self._refused(sid)
-            raise
-        except Exception:
-            logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
-            raise socketio.exceptions.ConnectionRefusedError('internal error') from None
+        except Exception as exc:  # noqa: BLE001 - _connect_failed refuses the client for any of them
+            self._connect_failed(sid, exc)
 
     def admit(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         """_connect without awaiting (on_connect never waits): transport/ calls it where a namespace CONNECT arrives
         (transport/connect.py) while this class's connect handling is as written here."""
         try:
             return self.accept(sid, environ, auth)
-        except socketio.exceptions.ConnectionRefusedError:
+        except Exception as exc:  # noqa: BLE001 - _connect_failed refuses the client for any of them
+            self._connect_failed(sid, exc)
+
+    def _connect_failed(self, sid: str, exc: Exception) -> NoReturn:
+        """A refusal is counted (limits.max_refused_connects); anything else is logged and refused as 'internal error'."""
+        if isinstance(exc, socketio.exceptions.ConnectionRefusedError):
             self._refused(sid)
-            raise
-        except Exception:
-            logger.exception('connect of %s to %s failed unexpectedly', sid, self.namespace)
-            raise socketio.exceptions.ConnectionRefusedError('internal error') from None
+            raise exc
+        logger.error('connect of %s to %s failed unexpectedly', sid, self.namespace, exc_info=exc)
+        raise socketio.exceptions.ConnectionRefusedError('internal error') from None
 
     def _refused(self, sid: str) -> None:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
