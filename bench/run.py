@@ -127,6 +127,7 @@ class ServerSpec:
     fast: bool = True
     workers: int = 1
     compression: bool = True  # server.compression (it applies to clients that offer permessage-deflate: --deflate)
+    server: dict[str, Any] = field(default_factory=dict)  # more server settings for the file (bench/spread.py)
 
 
 SPECS = {
@@ -149,6 +150,7 @@ def start_server(
     else:
         config = yaml.safe_load((ROOT / 'config' / 'games.yaml').read_text())
         config['server'].update(transports=['websocket'], fast_path=spec.fast, compression=spec.compression)
+        config['server'].update(spec.server)
         config['redis']['url'] = redis_url
         config['schedules'] = []  # the runner writes and publishes every list
         # the request mode asks in a closed loop, far over the default 20 events/s per connection (Node has no limit)

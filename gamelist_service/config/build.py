@@ -93,6 +93,7 @@ def build(path: Path, data: dict[str, Any], env: Mapping[str, str]) -> Settings:
             connect_timeout_s=parse_duration(server['connect_timeout']),
             handshake_timeout_s=parse_duration(server['handshake_timeout']),
             backlog=server['backlog'],
+            reuse_port=server['reuse_port'],
             compression=server['compression'],
             compression_threshold=server['compression_threshold'],
             admin_token_env=server.get('admin_token_env', ''),

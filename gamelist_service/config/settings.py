@@ -43,6 +43,7 @@ class ServerSettings:
         'server', 'handshake_timeout'
     )  # the whole request head must arrive within this time
     backlog: int = default('server', 'backlog')
+    reuse_port: bool = default('server', 'reuse_port')  # a listening socket per worker (SO_REUSEPORT)
     compression: bool = default('server', 'compression')
     compression_threshold: int = default('server', 'compression_threshold')
     admin_token_env: str = ''

@@ -1,8 +1,9 @@
 """Everything that touches the internals of python-socketio, python-engineio, Sanic, websockets and asyncio.
 
-The rest of the service uses three names from here: create_server() builds the Socket.IO server, install() hooks
-transport/ into it and the Sanic app (one call; it returns the Transport handle the app's lifecycle uses), and
-http_protocol() is the connection class serve gives Sanic. Nothing outside this package touches a library's
+The rest of the service uses these names from here: create_server() builds the Socket.IO server, install() hooks
+transport/ into it and the Sanic app (one call; it returns the Transport handle the app's lifecycle uses),
+http_protocol() is the connection class serve gives Sanic, emit_now() writes an emit to one client without awaiting
+when it can, and serve's several workers use reuseport. Nothing outside this package touches a library's
 private attribute: a test and ruff's banned-api rule hold that (tests/test_compat.py, pyproject.toml).
 
 - server.py: the python-socketio server class, with the private overrides the service needs (acks, limits).
@@ -14,6 +15,8 @@ private attribute: a test and ruff's banned-api rule hold that (tests/test_compa
 - slim.py, heap.py: smaller per-connection state, and CPython's full collections kept off the connections.
 - rooms.py: connects and disconnects in O(1).
 - httpproto.py: open sockets per client address, and one deadline for a request head.
+- reuseport.py: with several workers, a listening socket per worker (SO_REUSEPORT), so the kernel spreads new
+  connections evenly; web/server.py uses it (bind_main, take_own) before Sanic starts.
 - compat.py: every internal relied on, per feature; check() runs at start and switches off what is missing.
 
 The fast parts (fastpath, lean, screen, connect, slim, heap, rooms) run when server.fast_path is true (the default) and

@@ -30,7 +30,7 @@ TESTED = {
 }
 TESTED_PYTHON = ((3, 11),)
 
-FEATURES = ('server', 'guards', 'fastpath', 'lean', 'screen', 'connect', 'slim', 'rooms', 'httpproto')
+FEATURES = ('server', 'guards', 'fastpath', 'lean', 'screen', 'connect', 'slim', 'rooms', 'httpproto', 'reuseport')
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +140,12 @@ INTERNALS: tuple[Internal, ...] = (
         'sanic.server.runners._serve_http_1'),
     *_i('httpproto', 'attr', 'session ids that name their worker (a documented method, replaced per server)',
         'engineio.base_server.BaseServer.generate_id'),
+    # transport/reuseport.py (several workers): a listening socket per worker, SO_REUSEPORT
+    *_i('reuseport', 'behaviour', 'the main process uses a socket given to prepare(sock=) as it is and never listens '
+        'on it (the probe checks): it holds the port and takes no connection', 'sanic.server.socket.configure_socket'),
+    *_i('reuseport', 'behaviour', "each worker listens on the main process's socket, inherited as a descriptor, after "
+        "the app factory ran: the worker's own socket is put in its place there (tests/test_spread.py)",
+        'sanic.worker.serve.worker_serve'),
 )  # fmt: skip
 
 
@@ -186,6 +192,7 @@ def _probes() -> dict[str, Callable[[], list[str]]]:
         ('slim', 'slim'),
         ('rooms', 'rooms'),
         ('httpproto', 'httpproto'),
+        ('reuseport', 'reuseport'),
     ):
         try:
             loaded = importlib.import_module(f'{__package__}.{module}')

@@ -1,13 +1,13 @@
 """Several workers without a sticky load balancer: every request of an Engine.IO session reaches the worker holding it.
 
-The workers of `serve --workers N` share one listening socket, so the kernel gives each new connection to any of
-them; a polling session (the socket.io clients' default start) makes many requests, on new connections too. Here a
-session id names its worker: the last 3 of the 15 bytes python-engineio's ids encode carry the worker's pid
-(server.SessionIds). When a request of a session (`sid=` in its query) reaches another worker, that worker hands the
-connection itself over before Sanic parses it: the socket's file descriptor and the bytes already read go to the
-owner over a unix socket (SCM_RIGHTS), and the owner serves the connection as if it had accepted it, from that
-request on. Handshakes, and websockets that connect directly (no sid), stay where they land: the direct path costs
-one look at the request line.
+The kernel gives each new connection to any of the workers of `serve --workers N` (each listens on a socket of its
+own, reuseport.py, or they share one); a polling session (the socket.io clients' default start) makes many requests,
+on new connections too. Here a session id names its worker: the last 3 of the 15 bytes python-engineio's ids encode
+carry the worker's pid (server.SessionIds). When a request of a session (`sid=` in its query) reaches another
+worker, that worker hands the connection itself over before Sanic parses it: the socket's file descriptor and the
+bytes already read go to the owner over a unix socket (SCM_RIGHTS), and the owner serves the connection as if it had
+accepted it, from that request on. Handshakes, and websockets that connect directly (no sid), stay where they land:
+the direct path costs one look at the request line.
 
 Each worker listens on a Linux abstract unix socket named after the port and its pid (no file to clean up, and no
 path-length limit), SOCK_SEQPACKET so that each message is one connection with its bytes, and takes connections only

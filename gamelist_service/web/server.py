@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from ..errors import EmbeddedRedisError
 from ..logs import setup_logging
 from ..storage import instances
 from ..storage.embedded import EmbeddedRedis, Supervisor
+from ..transport import reuseport
 from .limits import raise_file_limit, socket_ceiling
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def serve(launch: Launch) -> int:
             app = create_app(settings, redis_url, launch=launch)
             app.run(single_process=True, **run_kwargs)
         else:
-            _serve_workers(launch, redis_url, run_kwargs)
+            _serve_workers(launch, redis_url, run_kwargs, reuse_port=server.reuse_port)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -129,8 +131,33 @@ def _prepare_metrics_dir(directory: Path) -> None:
     os.environ[METRICS_DIR_ENV] = str(directory)
 
 
-def _serve_workers(launch: Launch, redis_url: str, run_kwargs: dict[str, Any]) -> None:
+def _listener(launch: Launch, run_kwargs: dict[str, Any], reuse_port: bool) -> socket.socket | None:
+    """The main process's socket when each worker is to listen on a socket of its own (transport/reuseport.py);
+    None: Sanic binds the one socket every worker accepts from."""
+    if not reuse_port:
+        logger.info('server.reuse_port is false: the %d workers share one listening socket', launch.workers)
+        return None
+    reason = reuseport.unavailable()
+    if reason is not None:
+        logger.warning(
+            'SO_REUSEPORT unavailable (%s): the %d workers share one listening socket, and each new connection goes '
+            'to whichever accepts first',
+            reason,
+            launch.workers,
+        )
+        return None
+    sock = reuseport.bind_main(run_kwargs['host'], run_kwargs['port'])
+    logger.info(
+        'each of the %d workers listens on a socket of its own (SO_REUSEPORT): the kernel spreads new connections '
+        'evenly over them',
+        launch.workers,
+    )
+    return sock
+
+
+def _serve_workers(launch: Launch, redis_url: str, run_kwargs: dict[str, Any], *, reuse_port: bool) -> None:
     """N Sanic worker processes; this main process forwards SIGHUP to them, each reloads itself."""
+    listener = _listener(launch, run_kwargs, reuse_port)
     os.environ[_WORKER_ENV] = json.dumps(
         {
             'config': str(launch.config),
@@ -140,8 +167,20 @@ def _serve_workers(launch: Launch, redis_url: str, run_kwargs: dict[str, Any]) -
             'verbose': launch.verbose,
             'log_format': launch.log_format,
             'redis_url': redis_url,
+            'main_pid': os.getpid(),
+            'listen': listener.getsockname() if listener is not None else None,
         }
     )
+    if listener is not None:
+        run_kwargs = {**run_kwargs, 'sock': listener}
+    try:
+        _run_workers(launch, run_kwargs)
+    finally:
+        if listener is not None:
+            listener.close()  # Sanic closed it too; this is for a failure before Sanic had it
+
+
+def _run_workers(launch: Launch, run_kwargs: dict[str, Any]) -> None:
     logger.info('starting %d worker processes', launch.workers)
     loader = AppLoader(factory=worker_app)
     app = loader.load()
@@ -179,6 +218,16 @@ def worker_app() -> App:
     raw = json.loads(os.environ[_WORKER_ENV])
     launch = Launch(Path(raw['config']), raw['env'], raw['host'], raw['workers'], raw['verbose'], raw['log_format'])
     setup_logging(launch.verbose, launch.log_format)
+    if raw.get('listen') and raw.get('main_pid') != os.getpid():  # a worker (the main process loads the app too)
+        why_not = reuseport.take_own(tuple(raw['listen']))
+        if why_not is None:
+            logger.debug('worker %d listens on a socket of its own', os.getpid())
+        else:
+            logger.warning(
+                "worker %d listens on the main process's socket (%s); it has SO_REUSEPORT too: the spread holds",
+                os.getpid(),
+                why_not,
+            )
     from .app import create_app  # noqa: PLC0415 - see serve()
 
     return create_app(launch.load(), raw['redis_url'], launch=launch)
