@@ -57,9 +57,9 @@ from run import (
     ROOT,
     ServerSpec,
     cpu_s,
-    find_redis_server,
     free_port,
     log,
+    private_redis,
     raise_fd_limit,
     rss_kb,
     start_server,
@@ -884,28 +884,12 @@ def main() -> int:
     phases: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix='gamelist-capacity-') as tmp:
         workdir = Path(tmp)
-        redis_port = free_port()
-        redis_proc = subprocess.Popen(
-            [find_redis_server(), '--port', str(redis_port), '--bind', '127.0.0.1', '--save', '', '--appendonly',
-             'no', '--dir', tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        args.redis_url = f'redis://127.0.0.1:{redis_port}/0'
-        r = Stamped(port=redis_port, socket_connect_timeout=1)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(redis.ConnectionError):
-                    if r.ping():
-                        break
-                time.sleep(0.05)
+        with private_redis(tmp, Stamped) as (r, args.redis_url, redis_pid):
             spec = ServerSpec(f'gamelist-service-w{args.workers}', 'py', workers=args.workers)
-            phases.append(run_phase(spec, args.clients, args.hold, args, r, redis_proc.pid, workdir))
+            phases.append(run_phase(spec, args.clients, args.hold, args, r, redis_pid, workdir))
             if args.node_reference:
                 node = ServerSpec('node-socket.io', 'node')
-                phases.append(run_phase(node, args.node_reference, args.node_hold, args, r, redis_proc.pid, workdir))
-        finally:
-            r.close()
-            stop_process(redis_proc)
+                phases.append(run_phase(node, args.node_reference, args.node_hold, args, r, redis_pid, workdir))
     out = args.out or (
         Path(tempfile.gettempdir()) / 'gamelist-capacity-smoke.md' if args.smoke else ROOT / 'bench' / 'CAPACITY.md'
     )

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,31 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout_s)
+
+
+@contextlib.contextmanager
+def private_redis(
+    directory: str, client_class: type[redis.Redis] = redis.Redis
+) -> Iterator[tuple[redis.Redis, str, int]]:
+    """A redis-server of the benchmark's own on a free loopback port (no persistence, its files in directory):
+    (a client of it made by client_class, its URL, its pid). Stopped by its PID when the block ends."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_redis_server(), '--port', str(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+         '--dir', directory],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = client_class(port=port, socket_connect_timeout=1)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.05)
+        yield client, f'redis://127.0.0.1:{port}/0', proc.pid
+    finally:
+        client.close()
+        stop_process(proc)
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
@@ -666,20 +692,7 @@ def main() -> int:
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix='gamelist-bench-') as tmp:
         workdir = Path(tmp)
-        redis_port = free_port()
-        redis_proc = subprocess.Popen(
-            [find_redis_server(), '--port', str(redis_port), '--bind', '127.0.0.1', '--save', '', '--appendonly',
-             'no', '--dir', tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        args.redis_url = f'redis://127.0.0.1:{redis_port}/0'
-        r = redis.Redis(port=redis_port, socket_connect_timeout=1)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(redis.ConnectionError):
-                    if r.ping():
-                        break
-                time.sleep(0.05)
+        with private_redis(tmp) as (r, args.redis_url, _):
             for n in sizes:
                 runs: dict[str, list[Run]] = {name: [] for name in args.server}
                 for rep in range(args.repeats):
@@ -689,9 +702,6 @@ def main() -> int:
                         runs[name].append(run)
                         raw.append(run.__dict__)
                 results[n] = {name: summary(rs) for name, rs in runs.items()}
-        finally:
-            r.close()
-            stop_process(redis_proc)
     out = args.out or (
         Path(tempfile.gettempdir()) / 'gamelist-bench-smoke.md' if args.smoke else ROOT / 'bench' / 'RESULTS.md'
     )

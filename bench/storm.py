@@ -38,9 +38,9 @@ from run import (
     SPECS,
     LoadGen,
     cpu_s,
-    find_redis_server,
     free_port,
     log,
+    private_redis,
     raise_fd_limit,
     start_server,
     stop_process,
@@ -318,20 +318,7 @@ def main() -> int:
     raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix='gamelist-storm-') as tmp:
         workdir = Path(tmp)
-        redis_port = free_port()
-        redis_proc = subprocess.Popen(
-            [find_redis_server(), '--port', str(redis_port), '--bind', '127.0.0.1', '--save', '', '--appendonly',
-             'no', '--dir', tmp],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        args.redis_url = f'redis://127.0.0.1:{redis_port}/0'
-        r = redis.Redis(port=redis_port, socket_connect_timeout=1)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(redis.ConnectionError):
-                    if r.ping():
-                        break
-                time.sleep(0.05)
+        with private_redis(tmp) as (r, args.redis_url, _):
             for n in sizes:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.server}
                 for rep in range(args.repeats):
@@ -340,9 +327,6 @@ def main() -> int:
                         runs[name].append(figures)
                         raw.append(figures)
                 results[n] = {name: row(rs) for name, rs in runs.items()}
-        finally:
-            r.close()
-            stop_process(redis_proc)
     out = args.out or (
         Path(tempfile.gettempdir()) / 'gamelist-storm-smoke.md' if args.smoke else ROOT / 'bench' / 'STORMS.md'
     )

@@ -256,15 +256,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
         to: Any = None,
         **kwargs: Any,
     ) -> None:
-        eio = getattr(self.server, 'eio', None)
-        if (
-            callback is not None
-            or not self.enabled
-            or not self.installed
-            or eio is None
-            or eio.logger.isEnabledFor(logging.INFO)  # AsyncSocket.send logs every packet at INFO
-            or not wrap_driver(self, eio)
-        ):
+        eio = self._fast_eio()
+        if callback is not None or eio is None:
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs)
             return
         # the first half of AsyncManager.emit, unchanged
@@ -296,6 +289,19 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
             send = self.server._send_eio_packet
             await asyncio.wait([asyncio.create_task(send(eio_sid, item.eio_pkt)) for eio_sid in slow])
 
+    def _fast_eio(self) -> Any:
+        """The Engine.IO server when an emit can take the fast path now; None: python-socketio's own emit."""
+        eio = getattr(self.server, 'eio', None)
+        if (
+            not self.enabled
+            or not self.installed
+            or eio is None
+            or eio.logger.isEnabledFor(logging.INFO)  # AsyncSocket.send logs every packet at INFO
+            or not wrap_driver(self, eio)
+        ):
+            return None
+        return eio
+
     def _outgoing(self, event: str, original: Any, data: list[Any], namespace: str) -> Outgoing | None:
         """The packet of an emit, encoded once per object (the catch-up list of a reconnect storm is one object for
         everyone); None when it has binary attachments."""
@@ -316,15 +322,8 @@ class FastAsyncManager(rooms.IndexedAsyncManager):
     def emit_now(self, event: str, data: Any, namespace: str, sid: str) -> bool:
         """An emit of one object to one client (its own room), written now without awaiting; False: nothing was
         done, emit() takes it (the client is not idle, a frame of this turn waits for it, or the plain path)."""
-        eio = getattr(self.server, 'eio', None)
-        if (
-            not self.enabled
-            or not self.installed
-            or eio is None
-            or eio.logger.isEnabledFor(logging.INFO)
-            or not wrap_driver(self, eio)
-            or namespace not in self.rooms
-        ):
+        eio = self._fast_eio()
+        if eio is None or namespace not in self.rooms:
             return False
         item = self._outgoing(event, data, [data], namespace)
         return item is not None and self._write_to_one(eio, namespace, sid, item)

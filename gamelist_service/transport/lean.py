@@ -439,10 +439,8 @@ class LeanConnection(asyncio.Protocol):
     def sink(self) -> Any:
         """Where a frame written now goes: the transport, or this connection while it gathers the replies to one read
         (write() keeps them in order); None once the connection is closing."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return None
-        return transport if self.gathered is None else self
+        transport = self.open_transport()
+        return transport if transport is None or self.gathered is None else self
 
     def write_gathered(self) -> None:
         gathered, self.gathered = self.gathered, None

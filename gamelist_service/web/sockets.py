@@ -167,8 +167,7 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         data = self.service.cached(lst.name)
         if data is None:
             return False  # not in memory (or maybe expired): after_connect reads it, or finds it expired
-        since = catch_ups[sid]
-        if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
+        if self._up_to_date(data, catch_ups[sid]):
             del catch_ups[sid]
             return True
         if not transport.emit_now(
@@ -233,11 +232,15 @@ class GameNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 data = await self.service.current(lst.name)
             except ListExpired:
                 return  # nothing to send: no producer has sent a list lately
-            if since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since:
+            if self._up_to_date(data, since):
                 return
             await self.emit(lst.event, self._catch_up_envelope(data, lst.event), to=sid)
         except Exception as exc:  # noqa: BLE001 - a background task: log, never raise into the loop
             logger.error('could not send the current list to %s on %s: %s', sid, self.namespace, exc)
+
+    def _up_to_date(self, data: dict[str, Any], since: int | None) -> bool:
+        """The client came back with auth.since naming this version: nothing to send (unless send_list_on_connect)."""
+        return since is not None and not self.settings.send_list_on_connect and int(data.get('version', 0)) == since
 
     def _catch_up_envelope(self, data: dict[str, Any], event: str) -> dict[str, Any]:
         """The envelope of the list sent on connect: one object per list version and second, so that a reconnect
