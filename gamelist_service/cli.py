@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, deferred
 from .config.loader import DEFAULT_CONFIG_PATH, load_settings, summary
 from .config.reload import Launch
 from .config.schema import schema_text
@@ -119,6 +119,7 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    deferred.defer(deferred.CLIENT_LIBRARIES)  # before python-engineio is imported: serve runs no client
     from .web.server import serve  # noqa: PLC0415 - Sanic is only imported by the command that needs it
 
     env: dict[str, str] = {}

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from croniter import croniter
-
 from ..config.settings import ScheduleSettings
 
 logger = logging.getLogger('gamelist_service.core.scheduler')
@@ -83,6 +81,9 @@ class _Plan:
             slots = math.floor((now - self.anchor) / interval) + 1
             return self.anchor + slots * interval
         assert self.schedule.cron is not None
+        # imported when the file was loaded (config/loader.py checks each cron expression with it), not in the loop
+        from croniter import croniter  # noqa: PLC0415
+
         wall_now = self.clock.wall()
         # never the slot just run, even if the sleep woke a little before it on the wall clock
         start = datetime.fromtimestamp(max(wall_now, self.last_slot_wall), UTC)

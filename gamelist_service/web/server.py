@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from .. import transport
 from ..config.reload import Launch
 from ..errors import EmbeddedRedisError
 from ..logs import setup_logging
 from ..storage import instances
 from ..storage.embedded import EmbeddedRedis, Supervisor
-from ..transport import reuseport
+from . import forking
 from .limits import raise_file_limit, socket_ceiling
 
 if TYPE_CHECKING:
@@ -72,8 +71,9 @@ def serve(launch: Launch) -> int:
         )
         if launch.workers > 1:  # one process needs no shared directory (and its mmap on every update)
             _prepare_metrics_dir(directory / 'metrics')
-        # after the metrics directory is set: prometheus-client reads it on import
-        from .. import metrics  # noqa: PLC0415
+        # after the metrics directory is set: prometheus-client reads it on import (transport/ imports metrics),
+        # and the workers forked from this process inherit it as imported here (web/forking.py)
+        from .. import metrics, transport  # noqa: PLC0415
         from .app import create_app  # noqa: PLC0415
 
         run_kwargs: dict[str, Any] = {
@@ -137,6 +137,8 @@ def _listener(launch: Launch, run_kwargs: dict[str, Any], reuse_port: bool) -> s
     if not reuse_port:
         logger.info('server.reuse_port is false: the %d workers share one listening socket', launch.workers)
         return None
+    from ..transport import reuseport  # noqa: PLC0415 - see serve()
+
     reason = reuseport.unavailable()
     if reason is not None:
         logger.warning(
@@ -197,6 +199,7 @@ def _run_workers(launch: Launch, run_kwargs: dict[str, Any]) -> None:
         signal.signal(signal.SIGHUP, forward)
 
     app.prepare(workers=launch.workers, **run_kwargs)
+    forking.fork_workers()  # not spawned: the workers share what this process has imported and built
     try:
         Sanic.serve(primary=app, app_loader=loader)
     except (BrokenPipeError, ConnectionResetError, EOFError) as exc:
@@ -216,9 +219,13 @@ def worker_app() -> App:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop takes it over (a reload, not an exit)
     _die_with_parent()
     raw = json.loads(os.environ[_WORKER_ENV])
+    if raw.get('main_pid') != os.getpid():
+        forking.in_worker()
     launch = Launch(Path(raw['config']), raw['env'], raw['host'], raw['workers'], raw['verbose'], raw['log_format'])
     setup_logging(launch.verbose, launch.log_format)
     if raw.get('listen') and raw.get('main_pid') != os.getpid():  # a worker (the main process loads the app too)
+        from ..transport import reuseport  # noqa: PLC0415 - see serve()
+
         why_not = reuseport.take_own(tuple(raw['listen']))
         if why_not is None:
             logger.debug('worker %d listens on a socket of its own', os.getpid())
