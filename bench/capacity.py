@@ -393,6 +393,7 @@ class Phase:
     joined: int = 0
     failed: int = 0
     fail_reasons: dict[str, int] = field(default_factory=dict)
+    ports_skipped: int = 0  # source ports the generators found taken (EADDRINUSE) and skipped: not lost handshakes
     ramp_s: float = 0.0
     ramp_rate: float = 0.0
     ramp_cpu_s: float = 0.0
@@ -497,6 +498,7 @@ def run_phase(spec: ServerSpec, n: int, hold_s: float, args: argparse.Namespace,
         for x in ready:
             for why, count in x['fail_reasons'].items():
                 ph.fail_reasons[why] = ph.fail_reasons.get(why, 0) + count
+            ph.ports_skipped += x.get('ports_skipped', 0)
         ph.ramp_s = (max(x['last_join_at'] or time.time() * 1000 for x in ready) - start_at) / 1000
         ph.ramp_rate = ph.joined / ph.ramp_s if ph.ramp_s > 0 else 0.0
         ph.ramp_cpu_s = cpu_s(proc.pid) - cpu0
@@ -504,6 +506,7 @@ def run_phase(spec: ServerSpec, n: int, hold_s: float, args: argparse.Namespace,
         log(
             f'ramp done: {ph.joined:,} of {n:,} joined in {ph.ramp_s:.1f}s ({ph.ramp_rate:,.0f}/s), {ph.failed} lost'
             + (f' {ph.fail_reasons}' if ph.fail_reasons else '')
+            + (f', {ph.ports_skipped} source ports found taken and skipped' if ph.ports_skipped else '')
             + f'; server CPU {ph.ramp_cpu_s:.1f}s'
         )
         time.sleep(args.settle)
@@ -694,7 +697,9 @@ def summary(ph: Phase) -> dict[str, Any]:
     gens_base = sum(g['rss_start_kb'] for g in ph.gens)
     gens_ready = sum(g['rss_ready_kb'] for g in ph.gens)
     return {
-        'clients': f'{ph.joined:,} of {ph.n:,} ({ph.failed} lost)',
+        'clients': f'{ph.joined:,} of {ph.n:,} ({ph.failed} lost'
+        + (f'; {ph.ports_skipped} source ports skipped' if ph.ports_skipped else '')
+        + ')',
         'ramp': f'{ph.ramp_s:.1f} s, {ph.ramp_rate:,.0f}/s (asked {ph.rate:,.0f}/s)',
         'ramp_cpu': f'{ph.ramp_cpu_s:.1f} s ({1000 * ph.ramp_cpu_s / ph.joined:.2f} ms / client)' if ph.joined else '-',
         'received': f'{sum(b["both"] == ph.joined for b in bs)} of {len(bs)} broadcasts '

@@ -17,9 +17,10 @@ private attribute: a test and ruff's banned-api rule hold that (tests/test_compa
 - httpproto.py: open sockets per client address, and one deadline for a request head.
 - reuseport.py: with several workers, a listening socket per worker (SO_REUSEPORT), so the kernel spreads new
   connections evenly; web/server.py uses it (bind_main, take_own) before Sanic starts.
+- sweep.py: sessions whose pong is overdue found by a sweep a few times a second, not a wake-up per session.
 - compat.py: every internal relied on, per feature; check() runs at start and switches off what is missing.
 
-The fast parts (fastpath, lean, screen, connect, slim, heap, rooms) run when server.fast_path is true (the default) and
+The fast parts (fastpath, lean, screen, connect, slim, heap, rooms, sweep) run when server.fast_path is true (the default) and
 their internals are there; docs/design.md has why each exists and what it measured.
 """
 
@@ -75,6 +76,10 @@ def create_server(*, fast_path: bool, **kwargs: Any) -> GamelistServer:
         # event: python-engineio's task per message on top of those is one task too many (a connect storm makes
         # 20,000 of them); its documented option runs the message handler in the receiving task instead
         sio.eio.async_handlers = False
+        if not report['sweep']:
+            from .sweep import SessionSweep  # noqa: PLC0415 - imported once compat found what it needs
+
+            SessionSweep(sio.eio).install()
     return sio
 
 

@@ -30,7 +30,19 @@ TESTED = {
 }
 TESTED_PYTHON = ((3, 11),)
 
-FEATURES = ('server', 'guards', 'fastpath', 'lean', 'screen', 'connect', 'slim', 'rooms', 'httpproto', 'reuseport')
+FEATURES = (
+    'server',
+    'guards',
+    'fastpath',
+    'lean',
+    'screen',
+    'connect',
+    'slim',
+    'rooms',
+    'httpproto',
+    'reuseport',
+    'sweep',
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +158,12 @@ INTERNALS: tuple[Internal, ...] = (
     *_i('reuseport', 'behaviour', "each worker listens on the main process's socket, inherited as a descriptor, after "
         "the app factory ran: the worker's own socket is put in its place there (tests/test_spread.py)",
         'sanic.worker.serve.worker_serve'),
+    # transport/sweep.py: overdue pongs found by a sweep, not a wake-up per session
+    *_i('sweep', 'attr', "python-engineio's service task, replaced per server", f'{EIO}._service_task'),
+    *_i('sweep', 'instance', 'the service task is started at the first session and stopped by shutdown() through '
+        'service_task_event', f'{EIO}.start_service_task', f'{EIO}.service_task_event'),
+    *_i('sweep', 'behaviour', "a session whose pong is overdue is closed by its own check (python-engineio's log "
+        'line, CLOSE packet and reason)', f'{SOCKET}.check_ping_timeout'),
 )  # fmt: skip
 
 
@@ -193,6 +211,7 @@ def _probes() -> dict[str, Callable[[], list[str]]]:
         ('rooms', 'rooms'),
         ('httpproto', 'httpproto'),
         ('reuseport', 'reuseport'),
+        ('sweep', 'sweep'),
     ):
         try:
             loaded = importlib.import_module(f'{__package__}.{module}')
