@@ -185,7 +185,7 @@ class Generator:
     """One bench/node/capgen.js process; a thread reads its JSON lines (keeps progress and ready, queues the rest)."""
 
     def __init__(self, i: int, port: int, n: int, rate: float, inflight: int, address: str, start_at_ms: float,
-                 deadline_s: float, workdir: Path, host: str = '127.0.0.1') -> None:  # fmt: skip
+                 deadline_s: float, workdir: Path, host: str = '127.0.0.1', client: str = 'raw') -> None:  # fmt: skip
         self.i, self.n, self.address = i, n, address
         self.progress: dict[str, Any] = {}
         self.first_progress: dict[str, Any] = {}
@@ -196,7 +196,8 @@ class Generator:
             self.proc = subprocess.Popen(
                 ['node', str(NODE_DIR / 'capgen.js'), '--port', str(port), '--host', host, '--n', str(n),
                  '--rate', f'{rate:g}', '--inflight', str(inflight), '--local-address', address,
-                 '--start-at', f'{start_at_ms:.0f}', '--deadline', str(int(deadline_s)), '--id', str(i)],
+                 '--start-at', f'{start_at_ms:.0f}', '--deadline', str(int(deadline_s)), '--id', str(i),
+                 '--client', client],
                 cwd=NODE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
             )  # fmt: skip
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -464,7 +465,11 @@ def run_phase(spec: ServerSpec, n: int, hold_s: float, args: argparse.Namespace,
         inflight = max(1, math.ceil(args.inflight / args.generators))
         for i, k in enumerate(per_gen):
             address = f'127.0.{args.source_base + i}.1'
-            gens.append(Generator(i, port, k, args.rate * k / n, inflight, address, start_at, deadline_s, workdir))
+            gens.append(
+                Generator(
+                    i, port, k, args.rate * k / n, inflight, address, start_at, deadline_s, workdir, client=args.client
+                )
+            )
         cpu0 = cpu_s(proc.pid)
         gen_cpu0 = [cpu_s(g.proc.pid) for g in gens]
         log(f'ramp: {n:,} clients from {len(gens)} generators ({", ".join(g.address for g in gens)}), '
@@ -855,6 +860,10 @@ def main() -> int:
         '--ramp-deadline', type=float, default=0.0, help='give up the ramp after this (0: 3 N / rate + 30)'
     )
     parser.add_argument('--progress-every', type=float, default=5.0, help='seconds between progress lines in the ramp')
+    parser.add_argument(
+        '--client', choices=('raw', 'ws'), default='raw',
+        help="the generators' websocket client: raw TCP sockets (default), or the ws package (a cross-check)",
+    )  # fmt: skip
     parser.add_argument('--source-base', type=int, default=11, help='generator i binds to 127.0.(base + i).1')
     parser.add_argument(
         '--node-reference', type=int, default=0, metavar='N', help=f'then Node socket.io 4 at N (<= {NODE_MAX:,})'

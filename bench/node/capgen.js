@@ -1,5 +1,6 @@
 // Capacity generator for bench/capacity.py: one of P processes that together hold N raw websocket Engine.IO v4 /
-// Socket.IO v5 clients (the `ws` package and the same hand-written handshake as loadgen.js), each process binding
+// Socket.IO v5 clients (raw TCP sockets speaking the websocket protocol by hand, or with --client ws the `ws` package;
+// the same Engine.IO and Socket.IO steps as loadgen.js), each process binding
 // its client sockets to a loopback source address of its own (one source address to one server port allows about
 // 28,000 ephemeral ports; each process stays under the 20,000 open files a process may have here).
 // Each client binds an explicit source port too, counting up from --local-port-base: a bind to port 0 makes the
@@ -9,6 +10,7 @@
 //
 //   node capgen.js --port P --n N --local-address 127.0.11.1 [--host 127.0.0.1] [--rate 333] [--inflight 100]
 //                  [--deadline 600] [--start-at EPOCH_MS] [--progress 1] [--id 0] [--local-port-base 10000]
+//                  [--client raw|ws]
 //
 // Each client opens ws://HOST:P/socket.io/?EIO=4&transport=websocket from --local-address, joins / and /gameplay,
 // answers Engine.IO pings, and records every `game_list:updated` by its data.version. The ramp starts at
@@ -23,11 +25,12 @@
 // Every loop is bounded: the ramp by --deadline.
 'use strict';
 const WebSocket = require('ws');
+const net = require('net');
 const readline = require('readline');
 const { performance } = require('perf_hooks');
 
 const args = { port: 3000, host: '127.0.0.1', n: 100, rate: 1000, inflight: 100, deadline: 600, progress: 1, id: 0,
-  'local-address': '', 'start-at': 0, 'local-port-base': 10000 };
+  'local-address': '', 'start-at': 0, 'local-port-base': 10000, client: 'raw' };
 for (let i = 2; i < process.argv.length; i += 2) {
   const key = process.argv[i].replace(/^--/, '');
   const value = process.argv[i + 1];
@@ -65,10 +68,22 @@ function addLatency(s, at) {
   if (lat > s.latMax) s.latMax = lat;
 }
 
-function record(c, ns, text, at) {
-  const v = text.lastIndexOf('"version":');
-  if (v < 0) return;
-  const version = parseInt(text.slice(v + 10, v + 30), 10);
+// A message is read as bytes, never decoded to a string: 200,000 messages of a broadcast decoded made most of the
+// generators' garbage, and V8's collections of it took CPU the server under test needed (bench/CAPACITY.md).
+const VERSION_KEY = Buffer.from('"version":');
+
+function versionOf(buf, start, end) {
+  const v = buf.lastIndexOf(VERSION_KEY, end - VERSION_KEY.length);
+  if (v < start) return -1;
+  let i = v + VERSION_KEY.length, n = 0, digits = 0;
+  while (i < end && buf[i] === 32) i++;
+  while (i < end && digits < 15 && buf[i] >= 48 && buf[i] <= 57) { n = n * 10 + buf[i] - 48; i++; digits++; }
+  return digits ? n : -1;
+}
+
+function record(c, ns, buf, start, end, at) {
+  const version = versionOf(buf, start, end);
+  if (version < 0) return;
   const s = perVersion(version);
   if (c.v[ns] === version) { s.dupes++; return; }
   c.v[ns] = version;
@@ -81,65 +96,147 @@ function record(c, ns, text, at) {
 
 function count(map, key) { map[key] = (map[key] || 0) + 1; }
 
+// What a client does with one Engine.IO packet (a text frame's payload, buf[start:end]), whichever client carries it.
+function onPacket(c, buf, start, end, at) {
+  if (end <= start) return;
+  const ch = buf[start];
+  if (ch === 52 /* '4' */) {
+    const t1 = buf[start + 1];
+    if (t1 === 50 /* '42' event */) {
+      record(c, buf[start + 2] === 47 /* '42/gameplay,...': the only other namespace */ ? 1 : 0, buf, start, end, at);
+    } else if (t1 === 48 /* '40' connect */) {
+      if (++c.joined === 2) joinedOne(c, at);
+    } else if (t1 === 52 /* '44' refused */) {
+      c.kill();
+    }
+  } else if (ch === 50 /* '2' ping */) {
+    pings++;
+    c.send(PONG);
+  } else if (ch === 48 /* '0' open */) {
+    c.send(JOIN);
+  }
+}
+
+function joinedOne(c, at) {
+  if (c.timer) { clearTimeout(c.timer); c.timer = null; }
+  joined++;
+  inflight--;
+  c.done = true;
+  lastJoinAt = at;
+  if (joined + failed === args.n) ready(); else pump();
+}
+
+// A client's connection ended: a joined client was disconnected (unless quitting), one still joining failed, or
+// the source port it was given was taken (it tries again from the next one).
+function ended(c, reason, code) {
+  if (c.done) {
+    if (!c.quitting) { disconnected++; count(closeCodes, String(code)); }
+    return;
+  }
+  c.done = true;
+  inflight--;
+  if (reason === 'EADDRINUSE' && c.localPort && portsSkipped < MAX_PORT_SKIPS) {
+    portsSkipped++; // the port is someone else's: the same client again, from the next port
+    started--;
+    setImmediate(connectOne);
+    return;
+  }
+  failed++;
+  count(failReasons, reason || `close ${code}`);
+  if (joined + failed === args.n) ready(); else pump();
+}
+
 function connectOne() {
   inflight++;
   started++;
-  const c = { ws: null, joined: 0, done: false, v: [0, 0] };
-  const options = { perMessageDeflate: false, handshakeTimeout: 30000 };
-  if (args['local-address']) {
-    options.localAddress = args['local-address'];
-    if (nextPort <= 65535) options.localPort = nextPort++; // past the last port: the kernel picks one
-  }
-  const ws = new WebSocket(url, options);
-  c.ws = ws;
-  ws.on('message', (buf, isBinary) => {
+  const c = { joined: 0, done: false, v: [0, 0], localPort: 0, timer: null, send: null, kill: null, isOpen: null };
+  if (args['local-address'] && nextPort <= 65535) c.localPort = nextPort++; // past the last port: the kernel picks
+  if (args.client === 'ws') wsClient(c); else rawClient(c);
+  clients.push(c);
+}
+
+// --client raw (the default): a TCP socket that speaks the websocket protocol by hand. A server's frames are parsed
+// where they land in the read buffer, and nothing is allocated per message unless a frame is split between reads;
+// the `ws` package's client took about twice the CPU, and that CPU is the server's on a machine with 2 cores.
+const MASK = Buffer.alloc(4); // a client's frames must be masked; the key is not a secret here (all zeros)
+const masked = (text) => Buffer.concat([Buffer.from([0x81, 0x80 | text.length]), MASK, Buffer.from(text)]);
+const JOIN_RAW = Buffer.concat([masked('40'), masked('40/gameplay,')]);
+const PONG_RAW = masked('3');
+const CLOSE_RAW = Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // close 1000
+const HANDSHAKE = Buffer.from(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${args.host}:${args.port}\r\n`
+  + 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+  + 'Sec-WebSocket-Version: 13\r\n\r\n');
+const HEAD_END = Buffer.from('\r\n\r\n');
+const PONG = PONG_RAW, JOIN = JOIN_RAW; // what onPacket hands to c.send (the ws client sends the same as text)
+
+function rawClient(c) {
+  const options = { host: args.host, port: args.port };
+  if (args['local-address']) options.localAddress = args['local-address'];
+  if (c.localPort) options.localPort = c.localPort;
+  const sock = net.connect(options);
+  let head = true, rest = null, reason = null, closeCode = 1006;
+  sock.setNoDelay(true);
+  const timer = setTimeout(() => { reason = reason || 'handshake timeout'; sock.destroy(); }, 30000);
+  c.timer = timer; // cleared once the client joined
+  c.send = (frame) => sock.write(frame);
+  c.kill = () => sock.destroy();
+  c.isOpen = () => !sock.destroyed && !head;
+  sock.on('connect', () => sock.write(HANDSHAKE));
+  sock.on('data', (chunk) => {
     const at = now();
-    const text = isBinary ? '' : buf.toString();
-    const ch = text.charCodeAt(0);
-    if (ch === 52 /* '4' */) {
-      const t1 = text.charCodeAt(1);
-      if (t1 === 50 /* '42' event */) {
-        record(c, text.startsWith('42/gameplay,') ? 1 : 0, text, at);
-      } else if (t1 === 48 /* '40' connect */) {
-        if (++c.joined === 2) {
-          joined++;
-          inflight--;
-          c.done = true;
-          lastJoinAt = at;
-          if (joined + failed === args.n) ready(); else pump();
-        }
-      } else if (t1 === 52 /* '44' refused */) {
-        ws.terminate();
+    let buf = rest ? Buffer.concat([rest, chunk]) : chunk;
+    rest = null;
+    let o = 0;
+    if (head) {
+      const e = buf.indexOf(HEAD_END);
+      if (e < 0) { rest = buf; return; }
+      if (buf.toString('latin1', 0, 12) !== 'HTTP/1.1 101') {
+        reason = `http ${buf.toString('latin1', 9, 12)}`;
+        sock.destroy();
+        return;
       }
-    } else if (ch === 50 /* '2' ping */) {
-      pings++;
-      ws.send('3');
-    } else if (ch === 48 /* '0' open */) {
-      ws.send('40');
-      ws.send('40/gameplay,');
+      head = false;
+      o = e + 4;
     }
+    const n = buf.length;
+    while (o + 2 <= n) {
+      const b0 = buf[o];
+      let len = buf[o + 1] & 0x7f, h = 2;
+      if (len === 126) { if (o + 4 > n) break; len = buf.readUInt16BE(o + 2); h = 4; }
+      else if (len === 127) { if (o + 10 > n) break; len = Number(buf.readBigUInt64BE(o + 2)); h = 10; }
+      if (o + h + len > n) break;
+      const op = b0 & 0x0f;
+      if (op === 1) onPacket(c, buf, o + h, o + h + len, at);
+      else if (op === 8) { closeCode = len >= 2 ? buf.readUInt16BE(o + h) : 1005; sock.end(CLOSE_RAW); }
+      else if (op === 9) sock.write(Buffer.from([0x8a, 0x80, 0, 0, 0, 0])); // a websocket ping: an empty pong
+      o += h + len;
+    }
+    if (o < n) rest = buf.subarray(o); // a frame split between reads waits for the rest
   });
+  sock.on('error', (err) => { reason = reason || err.code || err.message || 'error'; });
+  sock.on('close', () => {
+    clearTimeout(timer);
+    ended(c, reason, closeCode);
+  });
+}
+
+// --client ws: the `ws` package's client, as before (a cross-check of the raw one).
+function wsClient(c) {
+  const options = { perMessageDeflate: false, handshakeTimeout: 30000 };
+  if (args['local-address']) options.localAddress = args['local-address'];
+  if (c.localPort) options.localPort = c.localPort;
+  const ws = new WebSocket(url, options);
+  c.send = (frame) => {
+    if (frame === PONG) ws.send('3');
+    else { ws.send('40'); ws.send('40/gameplay,'); } // JOIN
+  };
+  c.kill = () => ws.terminate();
+  c.isOpen = () => ws.readyState === WebSocket.OPEN;
+  ws.on('message', (buf, isBinary) => { if (!isBinary) onPacket(c, buf, 0, buf.length, now()); });
   let reason = null;
   ws.on('error', (err) => { reason = reason || (err && (err.code || err.message)) || 'error'; });
   ws.on('unexpected-response', (req, res) => { reason = `http ${res.statusCode}`; ws.terminate(); });
-  ws.on('close', (code) => {
-    if (c.done) {
-      if (!c.quitting) { disconnected++; count(closeCodes, String(code)); }
-      return;
-    }
-    c.done = true;
-    inflight--;
-    if (reason === 'EADDRINUSE' && options.localPort && portsSkipped < MAX_PORT_SKIPS) {
-      portsSkipped++; // the port is someone else's: the same client again, from the next port
-      started--;
-      setImmediate(connectOne);
-      return;
-    }
-    failed++;
-    count(failReasons, reason || `close ${code}`);
-    if (joined + failed === args.n) ready(); else pump();
-  });
-  clients.push(c);
+  ws.on('close', (code) => ended(c, reason, code));
 }
 
 function pump() {
@@ -184,7 +281,7 @@ function stats(wanted) {
       hist: Object.fromEntries(s.hist) };
   }
   let open = 0;
-  for (const c of clients) if (c.ws.readyState === WebSocket.OPEN) open++;
+  for (const c of clients) if (c.joined === 2 && c.isOpen()) open++;
   const mem = process.memoryUsage();
   return { id: args.id, joined, failed, open, disconnected, close_codes: closeCodes, pings,
     rss: mem.rss, heap_used: mem.heapUsed, external: mem.external, cpu: process.cpuUsage(), versions: per };
@@ -200,7 +297,7 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   } else if (cmd === 'stats') {
     out({ stats: stats(rest.map(Number)) });
   } else if (cmd === 'quit') {
-    for (const c of clients) { c.done = true; c.quitting = true; try { c.ws.terminate(); } catch (e) { /* gone */ } }
+    for (const c of clients) { c.done = true; c.quitting = true; try { c.kill(); } catch (e) { /* gone */ } }
     setTimeout(() => process.exit(0), 100);
   }
 });
