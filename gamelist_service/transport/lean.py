@@ -15,8 +15,9 @@ The engineio AsyncSocket stays the session, as a LeanSocket:
   receive() in a task of its own, as python-engineio's reader does; a main:screen request is answered in place
   (screenpath) and a PONG re-arms the ping timer, without a task;
 - send() writes the frame to the transport at once: no queue and no writer task;
-- pings come from one timer per connection instead of a sleeping task; a missing pong is found by python-engineio's
-  own service task (check_ping_timeout), which closes the session as before;
+- pings come from one timer per connection instead of a sleeping task; a missing pong is found by the session sweep
+  (sweep.py; python-engineio's own service task where the sweep is off), which closes the session through its
+  check_ping_timeout as before;
 - when the connection drops, the session is closed with the same reason python-engineio gives (transport close).
 A connection that upgrades from polling runs the same steps as python-engineio's handler (2probe, 3probe and a NOOP
 for the pending poll, then UPGRADE); only then does its socket become a LeanSocket, and a failed upgrade leaves the
