@@ -157,19 +157,20 @@ function connectOne() {
 
 // --client raw (the default): a TCP socket that speaks the websocket protocol by hand. A server's frames are parsed
 // where they land in one read buffer the process reuses, and nothing is allocated per message unless a frame is
-// split between reads;
-// the `ws` package's client took about twice the CPU, and that CPU is the server's on a machine with 2 cores.
+// split between reads: the `ws` package's client took about twice the CPU, and that CPU is the server's on a machine
+// with 2 cores.
 const MASK = Buffer.alloc(4); // a client's frames must be masked; the key is not a secret here (all zeros)
 const masked = (text) => Buffer.concat([Buffer.from([0x81, 0x80 | text.length]), MASK, Buffer.from(text)]);
-const JOIN_RAW = Buffer.concat([masked('40'), masked('40/gameplay,')]);
-const PONG_RAW = masked('3');
+// JOIN and PONG are what onPacket hands to c.send (the ws client sends the same texts through its own framing)
+const JOIN = Buffer.concat([masked('40'), masked('40/gameplay,')]);
+const PONG = masked('3');
 const CLOSE_RAW = Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // close 1000
+const WS_PONG_RAW = Buffer.from([0x8a, 0x80, 0, 0, 0, 0]); // the answer to a websocket-level ping
 const HANDSHAKE = Buffer.from(`GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${args.host}:${args.port}\r\n`
   + 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
   + 'Sec-WebSocket-Version: 13\r\n\r\n');
 const HEAD_END = Buffer.from('\r\n\r\n');
 const READ_BUFFER = Buffer.alloc(256 * 1024);
-const PONG = PONG_RAW, JOIN = JOIN_RAW; // what onPacket hands to c.send (the ws client sends the same as text)
 
 function rawClient(c) {
   const options = { host: args.host, port: args.port };
@@ -180,8 +181,7 @@ function rawClient(c) {
   const sock = net.connect(options);
   let head = true, rest = null, reason = null, closeCode = 1006;
   sock.setNoDelay(true);
-  const timer = setTimeout(() => { reason = reason || 'handshake timeout'; sock.destroy(); }, 30000);
-  c.timer = timer; // cleared once the client joined
+  c.timer = setTimeout(() => { reason = reason || 'handshake timeout'; sock.destroy(); }, 30000); // joinedOne clears it
   c.send = (frame) => sock.write(frame);
   c.kill = () => sock.destroy();
   c.isOpen = () => !sock.destroyed && !head;
@@ -212,15 +212,14 @@ function rawClient(c) {
       const op = b0 & 0x0f;
       if (op === 1) onPacket(c, buf, o + h, o + h + len, at);
       else if (op === 8) { closeCode = len >= 2 ? buf.readUInt16BE(o + h) : 1005; sock.end(CLOSE_RAW); }
-      else if (op === 9) sock.write(Buffer.from([0x8a, 0x80, 0, 0, 0, 0])); // a websocket ping: an empty pong
+      else if (op === 9) sock.write(WS_PONG_RAW);
       o += h + len;
     }
-    if (o < n) rest = Buffer.from(buf.subarray(o)); // a frame split between reads waits for the rest (a copy: the
-    // read buffer is reused)
+    if (o < n) rest = Buffer.from(buf.subarray(o)); // a split frame waits for the rest (a copy: the buffer is reused)
   }
   sock.on('error', (err) => { reason = reason || err.code || err.message || 'error'; });
   sock.on('close', () => {
-    clearTimeout(timer);
+    clearTimeout(c.timer);
     ended(c, reason, closeCode);
   });
 }
